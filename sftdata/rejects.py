@@ -1,0 +1,35 @@
+"""Why a record was not written. Every input record ends up in a document or in rejects.jsonl."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Reason(str, Enum):
+    MALFORMED = "malformed_record"  # bad JSON, missing/unknown role, non-text content, unknown format
+    SPECIAL_TOKEN_IN_CONTENT = "special_token_in_content"
+    TEMPLATE_ERROR = "template_error"  # the chat template raised on this conversation
+    SPAN_NOT_FOUND = "span_not_found"  # no method located every message in the rendering
+    MASK_VERIFICATION_FAILED = "mask_verification_failed"
+    NO_TRAINABLE_TOKENS = "no_trainable_tokens"
+    TOO_LONG = "too_long"
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    source_id: int
+    reason: Reason
+    detail: str
+
+    def to_json(self) -> dict:
+        return {"source_id": self.source_id, "reason": self.reason.value, "detail": self.detail}
+
+
+class RecordError(ValueError):
+    """A problem with one record: the build rejects it and goes on."""
+
+    def __init__(self, reason: Reason, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail

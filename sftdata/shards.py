@@ -1,0 +1,194 @@
+"""Arrow shard storage: the on-disk contract between sftdata and everything that reads its output.
+
+Layout of a build directory:
+    manifest.json         written last; its presence means the build is complete
+    rejects.jsonl         one line per input record that was not written
+    shard-00000.arrow     Arrow IPC, streaming format (the format of Hugging Face datasets' own .arrow
+                          files, so `datasets.Dataset.from_file` opens a shard; pyarrow reads it
+                          memory-mapped with `pa.ipc.open_stream(pa.memory_map(path))`), one row per
+                          training row:
+        input_ids   list<int32>   tokens of the row (several documents when packed)
+        loss_mask   list<uint8>   1 where the token is a training target (predicted from the token before)
+        seq_lens    list<int32>   lengths of the documents in the row, in order; sum == len(input_ids)
+        source_ids  list<int64>   0-based index of each document's input record across all inputs
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("input_ids", pa.list_(pa.int32())),
+        pa.field("loss_mask", pa.list_(pa.uint8())),
+        pa.field("seq_lens", pa.list_(pa.int32())),
+        pa.field("source_ids", pa.list_(pa.int64())),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One training row: one document, or several packed ones."""
+
+    input_ids: np.ndarray  # int32
+    loss_mask: np.ndarray  # uint8
+    seq_lens: Sequence[int]
+    source_ids: Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardInfo:
+    name: str
+    rows: int
+    tokens: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "rows": self.rows, "tokens": self.tokens, "sha256": self.sha256}
+
+
+def _list_array(chunks: list[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
+    offsets = np.zeros(len(chunks) + 1, dtype=np.int32)
+    np.cumsum([len(c) for c in chunks], out=offsets[1:])
+    values = np.concatenate(chunks) if chunks else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=dtype))
+
+
+def rows_to_batch(rows: Sequence[Row]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [
+            _list_array([np.asarray(r.input_ids, dtype=np.int32) for r in rows], pa.int32()),
+            _list_array([np.asarray(r.loss_mask, dtype=np.uint8) for r in rows], pa.uint8()),
+            _list_array([np.asarray(r.seq_lens, dtype=np.int32) for r in rows], pa.int32()),
+            _list_array([np.asarray(r.source_ids, dtype=np.int64) for r in rows], pa.int64()),
+        ],
+        schema=SCHEMA,
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ShardWriter:
+    """Writes rows into numbered shards, each made visible only when complete (temp file + rename).
+
+    A shard closes once it holds `shard_tokens` tokens; rows are written in record batches of
+    `batch_rows` so a reader can stream a shard without loading it whole.
+    """
+
+    def __init__(self, out_dir: Path, shard_tokens: int, batch_rows: int = 1024):
+        self.out_dir = Path(out_dir)
+        self.shard_tokens = shard_tokens
+        self.batch_rows = batch_rows
+        self.shards: list[ShardInfo] = []
+        self._pending: list[Row] = []
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self._tmp_path: Path | None = None
+        self._rows = 0
+        self._tokens = 0
+
+    def write(self, row: Row) -> None:
+        self._pending.append(row)
+        self._rows += 1
+        self._tokens += len(row.input_ids)
+        if len(self._pending) >= self.batch_rows:
+            self._flush_batch()
+        if self._tokens >= self.shard_tokens:
+            self._close_shard()
+
+    def write_all(self, rows: Iterable[Row]) -> None:
+        for row in rows:
+            self.write(row)
+
+    def close(self) -> list[ShardInfo]:
+        self._close_shard()
+        return self.shards
+
+    def _flush_batch(self) -> None:
+        if not self._pending:
+            return
+        if self._writer is None:
+            self._tmp_path = self.out_dir / f"shard-{len(self.shards):05d}.arrow.tmp"
+            self._writer = pa.ipc.new_stream(str(self._tmp_path), SCHEMA)
+        self._writer.write_batch(rows_to_batch(self._pending))
+        self._pending = []
+
+    def _close_shard(self) -> None:
+        self._flush_batch()
+        if self._writer is None:
+            return
+        self._writer.close()
+        final = self._tmp_path.with_suffix("")  # drop ".tmp"
+        os.replace(self._tmp_path, final)
+        self.shards.append(ShardInfo(final.name, self._rows, self._tokens, _sha256(final)))
+        self._writer, self._tmp_path, self._rows, self._tokens = None, None, 0, 0
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_manifest(build_dir: str | os.PathLike) -> dict:
+    path = Path(build_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{build_dir} has no {MANIFEST}: it is not a finished sftdata build (run `sftdata build` first, "
+            "or let a running build finish)"
+        )
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: shard format version {manifest.get('format_version')} is not {FORMAT_VERSION}, "
+            "the version this sftdata reads; rebuild with this version"
+        )
+    return manifest
+
+
+def open_shard(path: str | os.PathLike) -> pa.Table:
+    """A shard as an Arrow table backed by a memory map: nothing is read until it is touched."""
+    return pa.ipc.open_stream(pa.memory_map(str(path), "r")).read_all()
+
+
+def open_build(build_dir: str | os.PathLike) -> tuple[dict, list[pa.Table]]:
+    manifest = read_manifest(build_dir)
+    tables = [open_shard(Path(build_dir) / s["name"]) for s in manifest["shards"]]
+    return manifest, tables
+
+
+def iter_rows(table: pa.Table) -> Iterator[Row]:
+    """Rows of a shard as numpy views over the Arrow buffers (no copies)."""
+    for batch in table.to_batches():
+        cols = [batch.column(i) for i in range(4)]
+        offs = [c.offsets.to_numpy() for c in cols]
+        vals = [c.values.to_numpy() for c in cols]
+        for i in range(batch.num_rows):
+            ids, mask, lens, srcs = (v[o[i] : o[i + 1]] for v, o in zip(vals, offs))
+            yield Row(ids, mask, lens, srcs)
+
+
+def read_rejects(build_dir: str | os.PathLike) -> list[dict]:
+    path = Path(build_dir) / REJECTS
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,110 @@
+"""Reading inputs: files in, raw records out, one stream across all inputs in the order given.
+
+Each record gets its source id (0-based position across all inputs). A line that is not JSON becomes a
+RecordError in place of its record, so one corrupt line never aborts a build; a file that cannot be
+read at all (missing, unknown type, no detectable format) raises at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import InputFormat
+from .formats import detect_format
+from .rejects import Reason, RecordError
+
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+DATASETS_BUILDERS = {".csv": "csv", ".tsv": "csv", ".txt": "text", ".arrow": "arrow"}
+
+
+class InputError(Exception):
+    """An input that cannot be read at all: the build stops and says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    source_id: int
+    input_index: int  # which input file it came from
+    format: InputFormat
+    data: Any  # the parsed record, or a RecordError when it could not be parsed
+
+
+def _jsonl_records(path: Path) -> Iterator[Any]:
+    with open(path, encoding="utf-8", errors="strict", newline="") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                yield RecordError(Reason.MALFORMED, f"{path.name} line {lineno}: invalid JSON ({err})")
+
+
+def _json_records(path: Path) -> Iterator[Any]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        # many `.json` files are really JSON Lines; anything else is unreadable as a whole
+        first = text.lstrip()[:1]
+        if first == "{":
+            yield from _jsonl_records(path)
+            return
+        raise InputError(f"{path}: not a JSON array nor JSON Lines ({err})") from err
+    yield from (data if isinstance(data, list) else [data])
+
+
+def _parquet_records(path: Path) -> Iterator[Any]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        yield from batch.to_pylist()
+
+
+def _datasets_records(path: Path) -> Iterator[Any]:
+    import datasets
+
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+    elif path.is_dir():
+        loaded = datasets.load_dataset(str(path))
+    elif path.suffix in DATASETS_BUILDERS:
+        loaded = datasets.load_dataset(DATASETS_BUILDERS[path.suffix], data_files=str(path))
+    else:
+        raise InputError(f"{path}: unknown input type (expected .jsonl, .json, .parquet, or a datasets folder)")
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise InputError(f"{path}: a dataset with splits {list(loaded)} and no `train` split")
+        loaded = loaded["train"]
+    yield from loaded
+
+
+def read_file(path: Path) -> Iterator[Any]:
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return _jsonl_records(path)
+    if suffix == ".json":
+        return _json_records(path)
+    if suffix == ".parquet":
+        return _parquet_records(path)
+    return _datasets_records(path)
+
+
+def read_inputs(paths: list[Path], fmt: InputFormat = InputFormat.AUTO) -> Iterator[RawRecord]:
+    """All records of all inputs, in order, each with its source id and its file's format."""
+    source_id = 0
+    for index, path in enumerate(paths):
+        file_format = None if fmt is InputFormat.AUTO else fmt
+        for data in read_file(Path(path)):
+            if file_format is None and isinstance(data, dict):
+                try:
+                    file_format = detect_format(data)
+                except RecordError as err:
+                    raise InputError(f"{path}: {err.detail}") from None
+            yield RawRecord(source_id, index, file_format or InputFormat.MESSAGES, data)
+            source_id += 1
