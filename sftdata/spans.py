@@ -1,0 +1,337 @@
+"""Span finding: where each message landed in the rendered text, and which characters to train.
+
+Method (no knowledge of template families needed):
+1. Render the conversation as is: the text the model sees (`text`).
+2. Render it again with every message field (content, reasoning, tool-call names) wrapped in a pair of
+   unique private-use sentinel characters, placed inside the field's leading/trailing whitespace so a
+   template that trims still sees them. Removing the sentinels must give `text` back exactly; then the
+   sentinel positions are the fields' character ranges in `text`.
+3. A message whose sentinels did not survive intact (a template that splits or tests content, e.g.
+   Qwen3 cutting `<think>` out of it) is located by difference instead: render once more with only that
+   message changed; the part of `text` that differs is the message.
+4. A trained assistant turn starts right after its header (the template's generation prompt, found by
+   probing the template once) and ends with the end-of-turn token that closes it (also probed), so
+   tool calls and `<think>` blocks the template adds in between are trained, and the header is not.
+   `{% generation %}` blocks, where a template has them, say the same thing directly and win.
+Everything found here is re-checked token by token in masking.verify before a document is written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from .config import SpecialText, TrainOn
+from .conversation import Conversation, Message
+from .rejects import Reason, RecordError
+from .template import ChatTemplate, TemplateRenderError
+
+SENTINEL_BASE = 0xF0000
+MAX_FIELDS = (0xFFFFD - SENTINEL_BASE) // 2
+_SENTINEL = re.compile("[\U000F0000-\U000FFFFD]")
+_PRIVATE = re.compile("[\U000F0000-\U0010FFFF]")
+
+Range = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateFacts:
+    """What probing the template once tells: the text before an assistant turn, and what closes it."""
+
+    header: str  # generation prompt, or the last special token before an assistant reply; "" if none
+    end_of_turn: str | None  # special token text closing an assistant turn; None if the template has none
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSpan:
+    role: str
+    train: bool
+    data: tuple[Range, ...]  # where the message's own text landed in the rendering
+    target: Range | None = None  # characters to train: after the header through the end-of-turn token
+    header: Range | None = None  # the header found right before a trained turn
+    eot: Range | None = None  # the end-of-turn token text that closes a trained turn
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    source_id: int
+    text: str
+    spans: tuple[MessageSpan, ...]
+    method: str  # "sentinel", "difference" or "generation": how the spans were found
+    literal: tuple[Range, ...] = ()  # special-token text inside messages, to tokenize as plain text
+    train_all: bool = False
+
+
+_PROBE_USER = "sftdata probe question 4f1c"
+_PROBE_ASSISTANT = "sftdata probe answer 9b2e"
+
+
+def probe_template(template: ChatTemplate, special_pattern: re.Pattern | None) -> TemplateFacts:
+    user = {"role": "user", "content": _PROBE_USER}
+    assistant = {"role": "assistant", "content": _PROBE_ASSISTANT}
+    try:
+        full = template.render([user, assistant]).text
+    except TemplateRenderError as err:
+        raise TemplateRenderError(f"the chat template cannot render a user/assistant exchange: {err}") from err
+    answer_at = full.rfind(_PROBE_ASSISTANT)
+    if answer_at < 0:
+        raise TemplateRenderError("the chat template does not render assistant message content")
+    after = full[answer_at + len(_PROBE_ASSISTANT) :]
+    eot_match = special_pattern.search(after) if special_pattern else None
+    end_of_turn = eot_match.group() if eot_match else None
+
+    header = ""
+    try:
+        prompt = template.render([user]).text
+        asking = template.render([user], add_generation_prompt=True).text
+        if asking.startswith(prompt):
+            header = asking[len(prompt) :]
+    except TemplateRenderError:
+        pass
+    if not header.strip() and special_pattern:
+        # no generation prompt (Llama-2, Mistral): the model speaks right after the last control token
+        # between the question and the answer, e.g. `[/INST]`
+        between = full[full.rfind(_PROBE_USER) + len(_PROBE_USER) : answer_at]
+        found = list(special_pattern.finditer(between))
+        header = found[-1].group() if found else ""
+    return TemplateFacts(header=header, end_of_turn=end_of_turn)
+
+
+def resolve_train_flags(messages: Sequence[Message], policy: TrainOn) -> list[bool]:
+    """Which messages are targets: the policy, overridden by each message's own `train` flag."""
+    last_assistant = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=-1)
+    flags = []
+    for i, m in enumerate(messages):
+        if policy is TrainOn.ALL:
+            default = True
+        elif policy is TrainOn.LAST:
+            default = i == last_assistant
+        else:
+            default = m.role == "assistant"
+        flags.append(m.train if m.train is not None else default)
+    return flags
+
+
+def _is_empty_turn(message: Message) -> bool:
+    return not message.content.strip() and not message.tool_calls and not (message.reasoning or "").strip()
+
+
+# -- template inputs ---------------------------------------------------------------------------
+
+
+class _Wrapper:
+    """Assigns each message field a sentinel pair and remembers which message owns it."""
+
+    def __init__(self):
+        self.owner: list[int] = []
+
+    def __call__(self, text: str, message_index: int) -> str:
+        if not text or len(self.owner) >= MAX_FIELDS:
+            return text
+        k = len(self.owner)
+        self.owner.append(message_index)
+        core = text.strip()
+        lead = text[: len(text) - len(text.lstrip())] if core else text
+        trail = text[len(text.rstrip()) :] if core else ""
+        return f"{lead}{chr(SENTINEL_BASE + 2 * k)}{core}{chr(SENTINEL_BASE + 2 * k + 1)}{trail}"
+
+
+def _plain(text: str, _index: int) -> str:
+    return text
+
+
+def template_messages(messages: Sequence[Message], wrap=_plain, only: int | None = None) -> list[dict]:
+    """Messages as chat templates expect them; `wrap` marks fields (of message `only`, if given)."""
+    out = []
+    for i, m in enumerate(messages):
+        mark = wrap if only is None or only == i else _plain
+        d: dict = {"role": m.role, "content": mark(m.content, i)}
+        if m.reasoning is not None:
+            d["reasoning_content"] = mark(m.reasoning, i)
+        if m.tool_calls:
+            d["tool_calls"] = [
+                {"type": "function", "function": {"name": mark(c.name, i), "arguments": c.arguments},
+                 **({"id": c.id} if c.id else {})}
+                for c in m.tool_calls
+            ]
+        if m.name is not None:
+            d["name"] = m.name
+        if m.tool_call_id is not None:
+            d["tool_call_id"] = m.tool_call_id
+        out.append(d)
+    return out
+
+
+# -- locating messages -----------------------------------------------------------------------------
+
+
+def _sentinel_regions(marked: str, text: str, owner: list[int], n_messages: int) -> list[list[Range] | None]:
+    """Each message's ranges in `text`, or None for a message whose sentinels did not survive intact."""
+    regions: list[list[Range] | None] = [[] for _ in range(n_messages)]
+    open_at: dict[int, int] = {}
+    broken: set[int] = set()
+    for seen, match in enumerate(_SENTINEL.finditer(marked)):
+        code = ord(match.group()) - SENTINEL_BASE
+        field, closing = divmod(code, 2)
+        if field >= len(owner):
+            return [None] * n_messages
+        pos = match.start() - seen
+        if not closing:
+            if field in open_at:
+                broken.add(owner[field])
+            open_at[field] = pos
+        elif field in open_at:
+            regions[owner[field]].append((open_at.pop(field), pos))
+        else:
+            broken.add(owner[field])
+    broken.update(owner[f] for f in open_at)
+    for i in broken:
+        regions[i] = None
+    return regions
+
+
+def _common_prefix(a: str, b: str) -> int:
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:  # binary search with C-speed slice comparisons
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _difference_region(text: str, changed: str) -> list[Range]:
+    if changed == text:
+        return []
+    prefix = _common_prefix(text, changed)
+    limit = min(len(text), len(changed)) - prefix
+    suffix = _common_prefix(text[::-1], changed[::-1])
+    suffix = min(suffix, limit)
+    return [(prefix, len(text) - suffix)]
+
+
+def _perturbed(text: str, _index: int) -> str:
+    # a private-use character differs from every real character, so the difference covers the field
+    return "\U000F0000" if text else text
+
+
+def _locate_by_difference(conv: Conversation, template: ChatTemplate, text: str, i: int) -> list[Range]:
+    changed = template.render(template_messages(conv.messages, _perturbed, only=i), conv.tools).text
+    return _difference_region(text, changed)
+
+
+# -- targets ------------------------------------------------------------------------------------------
+
+
+def _neighbours(regions: list[list[Range]], i: int, text_len: int) -> tuple[int, int]:
+    """The end of the nearest other message before message i, and the start of the nearest one after."""
+    start, end = min(r[0] for r in regions[i]), max(r[1] for r in regions[i])
+    lo, hi = 0, text_len
+    for j, rs in enumerate(regions):
+        if j == i:
+            continue
+        for a, b in rs:
+            if b <= start:
+                lo = max(lo, b)
+            elif a >= end:
+                hi = min(hi, a)
+    return lo, hi
+
+
+def _target(text: str, message: Message, data: list[Range], lo: int, hi: int, facts: TemplateFacts,
+            generation: tuple[Range, ...], train_eot: bool) -> tuple[Range, Range | None, Range | None]:
+    start, end = min(r[0] for r in data), max(r[1] for r in data)
+    block = next(((a, b) for a, b in generation if a <= start < b or (lo <= a and b <= hi and a < end)), None)
+    header = None
+    if block is not None:
+        t_start, t_end = block
+    else:
+        h = text.rfind(facts.header, lo, start) if facts.header else -1
+        if h >= 0:
+            header = (h, h + len(facts.header))
+            t_start = header[1]
+        else:
+            lead = len(message.content) - len(message.content.lstrip())
+            t_start = start - lead if lead and text[start - lead : start] == message.content[:lead] else start
+        t_end = end
+        trail = message.content[len(message.content.rstrip()) :]
+        if trail and text.startswith(trail, t_end) and t_end + len(trail) <= hi:
+            t_end += len(trail)
+    eot = None
+    if facts.end_of_turn:
+        k = text.find(facts.end_of_turn, end, hi)
+        if k >= 0:
+            eot = (k, k + len(facts.end_of_turn))
+            t_end = max(t_end, eot[1] if train_eot else k)
+        if not train_eot and block is not None and eot is not None:
+            t_end = min(t_end, eot[0])
+    return (t_start, t_end), header, eot
+
+
+def render_conversation(
+    conv: Conversation,
+    template: ChatTemplate,
+    facts: TemplateFacts,
+    train_on: TrainOn,
+    train_eot: bool = True,
+    special_text: SpecialText = SpecialText.REJECT,
+    special_pattern: re.Pattern | None = None,
+) -> Rendered:
+    messages = conv.messages
+    flags = resolve_train_flags(messages, train_on)
+    if special_pattern is not None and special_text is SpecialText.REJECT:
+        _reject_special_text(messages, special_pattern)
+    try:
+        rendered = template.render(template_messages(messages), conv.tools)
+        text = rendered.text
+        wrap = _Wrapper()
+        marked = template.render(template_messages(messages, wrap), conv.tools).text
+    except TemplateRenderError as err:
+        raise RecordError(Reason.TEMPLATE_ERROR, str(err)) from None
+
+    n = len(messages)
+    clean = not _PRIVATE.search(text) and _SENTINEL.sub("", marked) == text
+    regions = _sentinel_regions(marked, text, wrap.owner, n) if clean else [None] * n
+    method = "generation" if rendered.generation else "sentinel"
+    try:
+        for i in range(n):
+            if regions[i] is None:
+                regions[i] = _locate_by_difference(conv, template, text, i)
+                method = "difference"
+    except TemplateRenderError as err:
+        raise RecordError(Reason.TEMPLATE_ERROR, str(err)) from None
+
+    spans = []
+    for i, (m, train, data) in enumerate(zip(messages, flags, regions)):
+        data = sorted(data)
+        if train and m.role == "assistant" and _is_empty_turn(m):
+            train = False  # nothing to learn but "stop at once"; counted as an untrained turn
+        if not train or not data or train_on is TrainOn.ALL:
+            spans.append(MessageSpan(m.role, train and bool(data), tuple(data)))
+            continue
+        lo, hi = _neighbours(regions, i, len(text))
+        target, header, eot = _target(text, m, data, lo, hi, facts, rendered.generation, train_eot)
+        spans.append(MessageSpan(m.role, True, tuple(data), target, header, eot))
+
+    literal = ()
+    if special_pattern is not None and special_text is SpecialText.LITERAL:
+        literal = tuple(
+            (mt.start(), mt.end())
+            for mt in special_pattern.finditer(text)
+            if any(a <= mt.start() and mt.end() <= b for s in spans for a, b in s.data)
+        )
+    return Rendered(conv.source_id, text, tuple(spans), method, literal, train_all=train_on is TrainOn.ALL)
+
+
+def _reject_special_text(messages: Sequence[Message], pattern: re.Pattern) -> None:
+    for i, m in enumerate(messages):
+        for field, value in (("content", m.content), ("reasoning", m.reasoning or "")):
+            found = pattern.search(value)
+            if found:
+                raise RecordError(
+                    Reason.SPECIAL_TOKEN_IN_CONTENT,
+                    f"message {i} ({m.role}) {field} contains the special token text {found.group()!r}; "
+                    "it would become a control token (use --special-text literal or allow)",
+                )
