@@ -1,0 +1,5 @@
+import sys
+
+from sfttrain.cli import main
+
+sys.exit(main())

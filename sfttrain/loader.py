@@ -1,0 +1,199 @@
+"""Streaming sftdata shards into batches: memory-mapped rows, a deterministic plan per epoch, one collate.
+
+The plan of an epoch depends only on (seed, epoch, the data, batch_size): rows are shuffled, grouped
+into batches (unpacked rows: sorted by length inside windows so a batch pads little), the batches are
+shuffled, and global batch g goes to rank g % world_size. Every row is in exactly one batch and every
+batch on exactly one rank, so each row is seen once per epoch across the world. Optimizer step k takes
+global batches [k * world * accum, (k + 1) * world * accum): the same rows whatever the split between
+ranks and accumulation. Ranks short of a batch at the end of an epoch get an empty one (no targets),
+so every rank runs the same number of steps.
+
+A rank's position is two integers, (epoch, micro-batches taken in that epoch); with the seed that is
+the whole state to resume mid-epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from sftdata.shards import Row, open_shard, read_manifest
+from sfttrain.attention import position_ids
+from sfttrain.loss import IGNORE_INDEX
+
+PAD_ID = 0  # any id in the vocabulary: padding only ever attends to padding and is never a target
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [rows, length] int64
+    labels: torch.Tensor  # [rows, length] int64, IGNORE_INDEX where nothing is trained
+    position_ids: torch.Tensor  # [rows, length] int64, restarting at every document
+    seq_lens: list[list[int]]  # per row: document lengths, then the padding as one more; sums == length
+    num_tokens: int  # real tokens, padding excluded
+    num_targets: int  # tokens with a label
+    rows: np.ndarray  # global row indices in the build (empty for a filler batch)
+
+    def to(self, device) -> Batch:
+        move = dict(device=device, non_blocking=True)
+        return Batch(self.input_ids.to(**move), self.labels.to(**move), self.position_ids.to(**move),
+                     self.seq_lens, self.num_tokens, self.num_targets, self.rows)
+
+
+def collate(rows: Sequence[Row], flat: bool = False) -> Batch:
+    """Rows -> tensors. The only place labels are made from loss masks.
+
+    flat=False pads rows to the longest (padding is its own trailing "document"); flat=True joins all
+    rows into a single row with no padding, for flash attention's varlen kernel. An empty list gives a
+    one-token batch with no targets, which lets a rank take part in a step it has no data for.
+    """
+    if flat and rows:
+        rows = [Row(np.concatenate([r.input_ids for r in rows]), np.concatenate([r.loss_mask for r in rows]),
+                    [n for r in rows for n in r.seq_lens], [s for r in rows for s in r.source_ids])]
+    length = max((len(r.input_ids) for r in rows), default=1)
+    count = max(len(rows), 1)
+    input_ids = np.full((count, length), PAD_ID, dtype=np.int64)
+    labels = np.full((count, length), IGNORE_INDEX, dtype=np.int64)
+    positions = np.zeros((count, length), dtype=np.int64)
+    all_lens = []
+    for i, row in enumerate(rows):
+        n = len(row.input_ids)
+        lens = [int(x) for x in row.seq_lens]
+        if sum(lens) != n:
+            raise ValueError(f"row has {n} tokens but its seq_lens {lens} sum to {sum(lens)}: the shard is corrupt")
+        input_ids[i, :n] = row.input_ids
+        labels[i, :n] = np.where(row.loss_mask == 1, row.input_ids, IGNORE_INDEX)
+        # A document's first token has no earlier token of its own document to be predicted from.
+        starts = np.cumsum(lens) - lens
+        if (labels[i, starts] != IGNORE_INDEX).any():
+            warnings.warn("loss_mask marks the first token of a document as a target; it cannot be one and "
+                          "is not trained (the shards break sftdata's contract)", stacklevel=2)
+            labels[i, starts] = IGNORE_INDEX
+        positions[i, :n] = position_ids(lens)
+        positions[i, n:] = np.arange(length - n)
+        all_lens.append(lens + ([length - n] if n < length else []))
+    if not rows:
+        all_lens = [[length]]
+    return Batch(
+        input_ids=torch.from_numpy(input_ids),
+        labels=torch.from_numpy(labels),
+        position_ids=torch.from_numpy(positions),
+        seq_lens=all_lens,
+        num_tokens=sum(len(r.input_ids) for r in rows),
+        num_targets=int((labels != IGNORE_INDEX).sum()),
+        rows=np.zeros(0, dtype=np.int64),
+    )
+
+
+def plan_epoch(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, bucket_batches: int = 0) -> list[np.ndarray]:
+    """The epoch's batches of global row indices, the same on every rank.
+
+    bucket_batches > 0 (unpacked rows): after shuffling, each window of bucket_batches * batch_size rows is
+    sorted by length and cut into batches, and the batches are shuffled again.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if bucket_batches > 0:
+        window = bucket_batches * batch_size
+        order = np.concatenate(
+            [w[np.argsort(lengths[w], kind="stable")] for w in np.split(order, range(window, len(order), window))]
+        ) if len(order) else order
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if bucket_batches > 0:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def rank_batch_ids(num_batches: int, rank: int, world_size: int, grad_accum: int) -> np.ndarray:
+    """Global batch index of each of this rank's micro-batches in an epoch; -1 where it gets an empty one."""
+    steps = math.ceil(num_batches / (world_size * grad_accum))
+    ids = np.arange(steps * grad_accum) * world_size + rank
+    return np.where(ids < num_batches, ids, -1)
+
+
+class RowStore:
+    """The rows of a build, read through memory maps: only offsets are touched until a row is asked for."""
+
+    def __init__(self, build_dir: str | Path):
+        self.manifest = read_manifest(build_dir)
+        self._cols, starts, lengths = [], [0], []
+        for shard in self.manifest["shards"]:
+            for batch in open_shard(Path(build_dir) / shard["name"]).to_batches():
+                cols = [batch.column(name) for name in ("input_ids", "loss_mask", "seq_lens", "source_ids")]
+                cols = [(c.offsets.to_numpy(), c.values.to_numpy()) for c in cols]
+                self._cols.append(cols)
+                starts.append(starts[-1] + batch.num_rows)
+                lengths.append(np.diff(cols[0][0]))
+        self._starts = np.asarray(starts)
+        self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def row(self, index: int) -> Row:
+        b = int(np.searchsorted(self._starts, index, side="right")) - 1
+        i = index - self._starts[b]
+        ids, mask, lens, srcs = (values[offsets[i] : offsets[i + 1]] for offsets, values in self._cols[b])
+        return Row(ids, mask, lens, srcs)
+
+
+def check_tokenizer(manifest: dict, build_dir, fingerprints: Sequence[str], model_dir) -> None:
+    built = manifest.get("tokenizer", {}).get("fingerprint")
+    if built not in fingerprints:
+        raise ValueError(
+            f"the shards in {build_dir} were tokenized with a different tokenizer than the model's:\n"
+            f"  shards ({manifest.get('tokenizer', {}).get('name', '?')}): {built}\n"
+            f"  model  ({model_dir}): {fingerprints[0]}\n"
+            f"Training on them would teach the model the wrong ids. Rebuild the shards with "
+            f"`sftdata build ... --tokenizer {model_dir}`, or pass the --model they were built for."
+        )
+
+
+class ShardLoader:
+    """This rank's micro-batches, epoch after epoch, resumable from (epoch, step)."""
+
+    def __init__(self, build_dir, *, tokenizer_fingerprints: Sequence[str], model_dir, batch_size: int, grad_accum: int = 1,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, bucket_batches: int = 64, flat: bool = False):
+        self.store = RowStore(build_dir)
+        self.manifest = self.store.manifest
+        check_tokenizer(self.manifest, build_dir, tokenizer_fingerprints, model_dir)
+        if len(self.store) == 0:
+            raise ValueError(f"{build_dir} holds no rows: nothing to train on")
+        self.packed = bool(self.manifest.get("config", {}).get("pack", False))
+        self.batch_size, self.seed, self.flat = batch_size, seed, flat
+        self.bucket_batches = 0 if self.packed else bucket_batches
+        num_batches = math.ceil(len(self.store) / batch_size)
+        self._ids = rank_batch_ids(num_batches, rank, world_size, grad_accum)
+        self.steps_per_epoch = len(self._ids) // grad_accum
+        self.epoch, self.step = 0, 0
+        self._plan: tuple[int, list[np.ndarray]] | None = None
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"the checkpoint's data order comes from seed {state['seed']}, not {self.seed}")
+        self.epoch, self.step = state["epoch"], state["step"]
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        if self._plan is None or self._plan[0] != epoch:
+            self._plan = (epoch, plan_epoch(self.store.lengths, self.batch_size, self.seed, epoch, self.bucket_batches))
+        return self._plan[1]
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            if self.step >= len(self._ids):
+                self.epoch, self.step = self.epoch + 1, 0
+            batch_id = self._ids[self.step]
+            indices = self._batches(self.epoch)[batch_id] if batch_id >= 0 else np.zeros(0, dtype=np.int64)
+            self.step += 1
+            batch = collate([self.store.row(int(i)) for i in indices], flat=self.flat)
+            batch.rows = indices
+            yield batch
