@@ -111,6 +111,11 @@ def _print_summary(console, manifest: dict, out: str) -> None:
     console.print(f"[bold]{out}[/]: {c['documents']:,} documents in {len(manifest['shards'])} shard(s), "
                   f"{c['tokens']:,} tokens, {c['trained_tokens']:,} trained ({ratio:.1%}), "
                   f"{c['truncated']:,} truncated")
+    for key, count in c.items():
+        if key.startswith("documents_with_unrendered_"):
+            field = key.removeprefix("documents_with_unrendered_")
+            console.print(f"[yellow]{count:,} documents hold {field} fields the chat template does not render[/] "
+                          "(they are not in the tokens; use a template that renders them)")
     if c["rejected"]:
         reasons = ", ".join(f"{k} {v:,}" for k, v in c["rejected_by_reason"].items())
         console.print(f"[yellow]{c['rejected']:,} of {c['records']:,} records rejected[/] ({reasons}); "

@@ -163,5 +163,8 @@ def make_document(rendered: Rendered, tokens: Tokens, tok: ModelTokenizer, train
     mask, turn_ends = compute_mask(rendered, tokens)
     verify(rendered, tokens, mask, tok, train_eot)
     if not mask.any():
-        raise RecordError(Reason.NO_TRAINABLE_TOKENS, "no token is a target (no non-empty trained turn)")
+        why = "no non-empty trained turn"
+        if rendered.unrendered:
+            why = f"the chat template does not render this record's {' and '.join(rendered.unrendered)} fields"
+        raise RecordError(Reason.NO_TRAINABLE_TOKENS, f"no token is a target ({why})")
     return Document(rendered.source_id, tokens.ids, mask, turn_ends=tuple(turn_ends))

@@ -76,6 +76,7 @@ class Worker:
                 continue
             result.documents.append(fitted)
             result.counters[f"span_method_{r.method}"] += 1
+            result.counters.update(f"documents_with_unrendered_{kind}" for kind in r.unrendered)
             result.counters["truncated"] += fitted.truncated
         t3 = time.perf_counter()
         result.seconds.update({"render": t1 - t0, "tokenize": t2 - t1, "mask_verify": t3 - t2})

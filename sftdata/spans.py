@@ -61,6 +61,7 @@ class Rendered:
     method: str  # "sentinel", "difference" or "generation": how the spans were found
     literal: tuple[Range, ...] = ()  # special-token text inside messages, to tokenize as plain text
     train_all: bool = False
+    unrendered: tuple[str, ...] = ()  # message fields the template left out (e.g. "reasoning", "tool_call")
 
 
 _PROBE_USER = "sftdata probe question 4f1c"
@@ -125,19 +126,21 @@ class _Wrapper:
 
     def __init__(self):
         self.owner: list[int] = []
+        self.kind: list[str] = []
 
-    def __call__(self, text: str, message_index: int) -> str:
+    def __call__(self, text: str, message_index: int, kind: str = "content") -> str:
         if not text or len(self.owner) >= MAX_FIELDS:
             return text
         k = len(self.owner)
         self.owner.append(message_index)
+        self.kind.append(kind)
         core = text.strip()
         lead = text[: len(text) - len(text.lstrip())] if core else text
         trail = text[len(text.rstrip()) :] if core else ""
         return f"{lead}{chr(SENTINEL_BASE + 2 * k)}{core}{chr(SENTINEL_BASE + 2 * k + 1)}{trail}"
 
 
-def _plain(text: str, _index: int) -> str:
+def _plain(text: str, _index: int, _kind: str = "content") -> str:
     return text
 
 
@@ -148,10 +151,10 @@ def template_messages(messages: Sequence[Message], wrap=_plain, only: int | None
         mark = wrap if only is None or only == i else _plain
         d: dict = {"role": m.role, "content": mark(m.content, i)}
         if m.reasoning is not None:
-            d["reasoning_content"] = mark(m.reasoning, i)
+            d["reasoning_content"] = mark(m.reasoning, i, "reasoning")
         if m.tool_calls:
             d["tool_calls"] = [
-                {"type": "function", "function": {"name": mark(c.name, i), "arguments": c.arguments},
+                {"type": "function", "function": {"name": mark(c.name, i, "tool_call"), "arguments": c.arguments},
                  **({"id": c.id} if c.id else {})}
                 for c in m.tool_calls
             ]
@@ -166,16 +169,19 @@ def template_messages(messages: Sequence[Message], wrap=_plain, only: int | None
 # -- locating messages -----------------------------------------------------------------------------
 
 
-def _sentinel_regions(marked: str, text: str, owner: list[int], n_messages: int) -> list[list[Range] | None]:
-    """Each message's ranges in `text`, or None for a message whose sentinels did not survive intact."""
+def _sentinel_regions(marked: str, owner: list[int], n_messages: int) -> tuple[list[list[Range] | None], set[int]]:
+    """Each message's ranges in the stripped text (None where its sentinels did not survive intact),
+    and the fields that were found at all."""
     regions: list[list[Range] | None] = [[] for _ in range(n_messages)]
     open_at: dict[int, int] = {}
     broken: set[int] = set()
+    found: set[int] = set()
     for seen, match in enumerate(_SENTINEL.finditer(marked)):
         code = ord(match.group()) - SENTINEL_BASE
         field, closing = divmod(code, 2)
         if field >= len(owner):
-            return [None] * n_messages
+            return [None] * n_messages, found
+        found.add(field)
         pos = match.start() - seen
         if not closing:
             if field in open_at:
@@ -188,7 +194,7 @@ def _sentinel_regions(marked: str, text: str, owner: list[int], n_messages: int)
     broken.update(owner[f] for f in open_at)
     for i in broken:
         regions[i] = None
-    return regions
+    return regions, found
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -293,7 +299,8 @@ def render_conversation(
 
     n = len(messages)
     clean = not _PRIVATE.search(text) and _SENTINEL.sub("", marked) == text
-    regions = _sentinel_regions(marked, text, wrap.owner, n) if clean else [None] * n
+    regions, found = _sentinel_regions(marked, wrap.owner, n) if clean else ([None] * n, set())
+    unrendered = tuple(sorted({wrap.kind[k] for k in range(len(wrap.owner)) if k not in found})) if clean else ()
     method = "generation" if rendered.generation else "sentinel"
     try:
         for i in range(n):
@@ -322,7 +329,7 @@ def render_conversation(
             for mt in special_pattern.finditer(text)
             if any(a <= mt.start() and mt.end() <= b for s in spans for a, b in s.data)
         )
-    return Rendered(conv.source_id, text, tuple(spans), method, literal, train_all=train_on is TrainOn.ALL)
+    return Rendered(conv.source_id, text, tuple(spans), method, literal, train_on is TrainOn.ALL, unrendered)
 
 
 def _reject_special_text(messages: Sequence[Message], pattern: re.Pattern) -> None:

@@ -1,0 +1,80 @@
+"""An independent check of the masking contract, used by the tests.
+
+It knows nothing of how sftdata finds spans: it renders with transformers' own `apply_chat_template`,
+tokenizes with transformers, and reads the trained token runs back as text through the tokenizer's
+offsets. A document passes when:
+  1. its ids equal that tokenization (the tokenizer's BOS rule applied once);
+  2. every trained assistant message's content appears inside a trained run, and every untrained
+     message's content appears outside the trained runs at least once per untrained occurrence;
+  3. each trained run ends with the end-of-turn token, and contains no other control token than those
+     the model itself generates (`allowed`);
+  4. the first token is not trained.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from transformers import AutoTokenizer
+
+from sftdata.spans import template_messages
+
+_TOKENIZERS: dict = {}
+
+
+def hf_tokenizer(path: str):
+    if path not in _TOKENIZERS:
+        _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
+    return _TOKENIZERS[path]
+
+
+def reference_tokens(path: str, template: str, conversation) -> tuple[str, list[int], list[tuple[int, int]]]:
+    tok = hf_tokenizer(path)
+    kwargs = {"tools": list(conversation.tools)} if conversation.tools else {}
+    text = tok.apply_chat_template(template_messages(conversation.messages), chat_template=template,
+                                   tokenize=False, **kwargs)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    with_bos = tok("a")["input_ids"]
+    prefix = with_bos[: len(with_bos) - len(tok("a", add_special_tokens=False)["input_ids"])]
+    if prefix and ids[: len(prefix)] != prefix:
+        ids, offsets = prefix + ids, [(0, 0)] * len(prefix) + offsets
+    return text, ids, offsets
+
+
+def trained_runs(text: str, mask: np.ndarray, offsets) -> list[str]:
+    runs, start = [], None
+    for t, m in enumerate(list(mask) + [0]):
+        if m and start is None:
+            start = t
+        elif not m and start is not None:
+            runs.append(text[offsets[start][0] : offsets[t - 1][1]])
+            start = None
+    return runs
+
+
+def check_contract(path: str, template: str, conversation, doc, trained: list[bool], end_of_turn: str | None,
+                   specials: set[str], allowed: frozenset = frozenset()) -> None:
+    text, ids, offsets = reference_tokens(path, template, conversation)
+    assert doc.input_ids.tolist() == ids, "input_ids differ from one tokenization of the rendered text"
+    assert doc.loss_mask[0] == 0, "the first token is a target"
+    runs = trained_runs(text, doc.loss_mask, offsets)
+    inside = "\x00".join(runs)
+    for message, train in zip(conversation.messages, trained):
+        core = message.content.strip()
+        if not core:
+            continue
+        if train:
+            assert any(core in run for run in runs), f"trained {message.role} content not in a trained run: {core!r:.60}"
+        else:
+            untrained_occurrences = sum(1 for m, t in zip(conversation.messages, trained)
+                                        if not t and m.content.strip() == core)
+            if not text.count(core):
+                continue  # rendered transformed (a template that JSON-escapes tool results): not checkable here
+            assert text.count(core) - inside.count(core) >= untrained_occurrences, \
+                f"untrained {message.role} content is trained: {core!r:.60}"
+    for run in runs:
+        if end_of_turn:
+            assert run.endswith(end_of_turn), f"trained run does not end with {end_of_turn!r}: {run[-40:]!r}"
+        body = run[: -len(end_of_turn)] if end_of_turn else run
+        stray = [s for s in specials - allowed if s in body]
+        assert not stray, f"control tokens {stray} inside a trained run: {run[:80]!r}"
