@@ -170,6 +170,7 @@ class ShardLoader:
         self.bucket_batches = 0 if self.packed else bucket_batches
         num_batches = math.ceil(len(self.store) / batch_size)
         self._ids = rank_batch_ids(num_batches, rank, world_size, grad_accum)
+        self.micro_batches_per_epoch = len(self._ids)
         self.steps_per_epoch = len(self._ids) // grad_accum
         self.epoch, self.step = 0, 0
         self._plan: tuple[int, list[np.ndarray]] | None = None

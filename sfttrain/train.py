@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -115,7 +116,9 @@ def loop(run: Run) -> None:
             run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
         lr = run.scheduler.get_last_lr()[0]
-        run.scheduler.step()
+        with warnings.catch_warnings():  # a skipped first step makes torch warn that the LR step came first
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            run.scheduler.step()  # the schedule follows the step count, skipped steps included
         run.step += 1
         seconds = time.perf_counter() - started
         run.log.step(
