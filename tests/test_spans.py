@@ -1,0 +1,63 @@
+"""Span finding: template probing, the sentinel and difference methods, generation blocks."""
+
+import json
+
+import pytest
+
+from sftdata.config import BuildConfig, InputFormat
+from sftdata.pipeline import Worker
+from sftdata.sources import RawRecord
+from sftdata.spans import _difference_region, _Wrapper, template_messages
+from sftdata.conversation import Message
+
+from .conftest import FIXTURES, TEMPLATES, fixture_tokenizer
+
+TRAPS = {json.loads(line)["id"]: json.loads(line) for line in (FIXTURES / "data" / "traps.jsonl").read_text().splitlines()}
+
+
+@pytest.mark.parametrize("tokenizer, template, header, eot", [
+    ("llama3-bpe", None, "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
+    ("chatml-bpe", None, "<|im_start|>assistant\n", "<|im_end|>"),
+    ("llama2-spm", None, "", "</s>"),
+    ("mistral-spm", None, "[/INST]", "</s>"),
+    ("gemma-spm", None, "<start_of_turn>model\n", "<end_of_turn>"),
+])
+def test_probe_finds_header_and_end_of_turn(tokenizer, template, header, eot):
+    worker = Worker(BuildConfig(tokenizer=fixture_tokenizer(tokenizer)))
+    assert worker.facts.header == header
+    assert worker.facts.end_of_turn == eot
+
+
+def test_sentinels_sit_inside_whitespace_so_trimming_templates_keep_them():
+    wrap = _Wrapper()
+    marked = template_messages([Message("user", "  hi \n"), Message("assistant", "   ")], wrap)
+    assert marked[0]["content"].strip().startswith("\U000F0000") and marked[0]["content"].startswith("  ")
+    assert marked[1]["content"] == "   \U000F0002\U000F0003"
+    assert wrap.owner == [0, 1]
+
+
+def test_difference_region_is_the_changed_part():
+    assert _difference_region("<a>hello</a>", "<a>\U000F0000</a>") == [(3, 8)]
+    assert _difference_region("same", "same") == []
+
+
+def test_qwen3_think_in_history_falls_back_to_difference_and_stays_exact():
+    worker = Worker(BuildConfig(tokenizer=fixture_tokenizer("chatml-bpe")))
+    rendered = worker.render(RawRecord(0, 0, InputFormat.MESSAGES, TRAPS["think_in_history"]))
+    assert rendered.method == "difference"
+    doc = worker.process([RawRecord(0, 0, InputFormat.MESSAGES, TRAPS["think_in_history"])]).documents[0]
+    trained = [rendered.text[s.target[0]:s.target[1]] for s in rendered.spans if s.target]
+    # history turns lose their reasoning (the template drops it); the last turn keeps its think block
+    assert "<think>" not in trained[0] and trained[-1].startswith("<think>")
+    assert all(t.endswith("<|im_end|>") for t in trained)
+    assert doc.num_trained > 0
+
+
+def test_generation_blocks_win_when_the_template_has_them():
+    worker = Worker(BuildConfig(tokenizer=fixture_tokenizer("chatml-bpe"),
+                                chat_template=str(TEMPLATES / "chatml_generation.jinja")))
+    rendered = worker.render(RawRecord(0, 0, InputFormat.MESSAGES, TRAPS["twelve_turns"]))
+    assert rendered.method == "generation"
+    targets = [rendered.text[s.target[0]:s.target[1]] for s in rendered.spans if s.target]
+    replies = [m["content"] for m in TRAPS["twelve_turns"]["messages"] if m["role"] == "assistant"]
+    assert targets == [r + "<|im_end|>" for r in replies]
