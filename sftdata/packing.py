@@ -37,13 +37,13 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "best_fit_decreasing",
+    "fill_stats",
+    "first_fit_decreasing",
+    "l2_lower_bound_rows",
+    "lower_bound_rows",
     "pack",
     "pack_arrays",
-    "first_fit_decreasing",
-    "best_fit_decreasing",
-    "lower_bound_rows",
-    "l2_lower_bound_rows",
-    "fill_stats",
 ]
 
 
@@ -214,8 +214,7 @@ def pack_arrays(lengths, capacity: int, seed: int = 0) -> tuple[np.ndarray, np.n
     arr = _check(lengths, capacity)
     row_of, nrows = _greedy_fill(arr, capacity, exact_pairs=True)
     if nrows > l2_lower_bound_rows(arr, capacity):  # not provably optimal: let the classics try
-        for fallback in (lambda: _greedy_fill(arr, capacity, exact_pairs=False), lambda: _best_fit(arr, capacity)):
-            other, other_rows = fallback()
+        for other, other_rows in (_greedy_fill(arr, capacity, exact_pairs=False), _best_fit(arr, capacity)):
             if other_rows < nrows:
                 row_of, nrows = other, other_rows
     return _rows(row_of, nrows, seed)

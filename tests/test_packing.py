@@ -66,7 +66,7 @@ def test_rows_hold_every_document_once_within_capacity(case):
     check_valid(bins, lengths, capacity)
     assert all(np.all(np.diff(b) > 0) for b in bins), "documents inside a row are in index order"
     order, offsets = pack_arrays(lengths, capacity, seed=3)
-    assert [list(b) for b in bins] == [list(order[a:z]) for a, z in zip(offsets[:-1], offsets[1:])]
+    assert [list(b) for b in bins] == [list(order[a:z]) for a, z in itertools.pairwise(offsets)]
 
 
 @SETTINGS
@@ -104,7 +104,7 @@ def test_fast_first_fit_decreasing_is_the_textbook_one(case):
     # pack falls back on _greedy_fill(exact_pairs=False) as "FFD": it must be exactly FFD
     lengths, capacity = case
     order, offsets = _rows(*_greedy_fill(lengths, capacity, exact_pairs=False), seed=None)
-    fast = [order[a:z].tolist() for a, z in zip(offsets[:-1], offsets[1:])]
+    fast = [order[a:z].tolist() for a, z in itertools.pairwise(offsets)]
     assert fast == [sorted(b.tolist()) for b in first_fit_decreasing(lengths, capacity)]
 
 
@@ -177,7 +177,9 @@ def test_no_documents_no_rows():
 
 
 def test_too_long_document_is_named_with_its_length():
-    with pytest.raises(ValueError, match=r"document 2 has 5000 tokens, more than the row capacity 4096") as err:
+    with pytest.raises(
+        ValueError, match=r"document 2 has 5000 tokens, more than the row capacity 4096"
+    ) as err:
         pack([100, 4096, 5000, 9000], 4096)
     assert "2 documents" in str(err.value)
     with pytest.raises(ValueError, match=r"document 1 has 17 tokens"):
