@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from .config import BuildConfig, InputFormat, Overlong, SpecialText, TrainOn
+from .config import BuildConfig, InputFormat, Masker, Overlong, SpecialText, TrainOn
 
 BUILD_HELP = """\
 Render conversations with the model's chat template, tokenize each rendering once, and write Arrow
@@ -52,6 +52,13 @@ def add_build_parser(sub) -> None:
     p.add_argument("--system-prompt", help="system message added to conversations that have none")
     p.add_argument("--template-date", default=BuildConfig.template_date,
                    help="the date templates' strftime_now() sees, fixed for reproducible builds (YYYY-MM-DD)")
+    p.add_argument("--masker", default="spans", choices=_enum_values(Masker),
+                   help="spans: sftdata's exact masks (default). response-template: a COMPARATOR, not a "
+                        "recommended mode: the classic search of --response-template's token ids in each "
+                        "example, training everything after the first match, to show with `sftdata diff` "
+                        "which examples that approach breaks")
+    p.add_argument("--response-template", metavar="TEXT",
+                   help="e.g. '### Assistant:'; used by --masker response-template and as the report's baseline")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
     p.add_argument("--batch-size", type=int, default=BuildConfig.batch_size, help="conversations per task")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
@@ -71,6 +78,8 @@ def config_from_args(args) -> BuildConfig:
         special_text=SpecialText(args.special_text),
         system_prompt=args.system_prompt,
         template_date=args.template_date,
+        masker=Masker(args.masker),
+        response_template=args.response_template,
         workers=args.workers,
         batch_size=args.batch_size,
     )

@@ -24,6 +24,11 @@ class SpecialText(str, Enum):
     ALLOW = "allow"  # such text becomes the control token, knowingly
 
 
+class Masker(str, Enum):
+    SPANS = "spans"  # sftdata's exact masking (the default)
+    RESPONSE_TEMPLATE = "response-template"  # comparator: the classic token search of a response template
+
+
 class InputFormat(str, Enum):
     AUTO = "auto"
     MESSAGES = "messages"
@@ -45,6 +50,8 @@ class BuildConfig:
     # what a template's strftime_now() returns: fixed, so the same inputs give the same shards
     template_date: str = "2024-07-26"
     system_prompt: str | None = None  # added to conversations that have none
+    masker: Masker = Masker.SPANS
+    response_template: str | None = None  # for --masker response-template, and the report's baseline
     pack: bool = False
     seed: int = 0
     workers: int = 0  # 0: one process per core
@@ -64,6 +71,6 @@ class BuildConfig:
         for name, value in data.items():
             kind = known[name].type
             enum = {"TrainOn": TrainOn, "Overlong": Overlong, "SpecialText": SpecialText,
-                    "InputFormat": InputFormat}.get(kind if isinstance(kind, str) else "")
+                    "InputFormat": InputFormat, "Masker": Masker}.get(kind if isinstance(kind, str) else "")
             kwargs[name] = enum(value) if enum and value is not None else value
         return cls(**kwargs)

@@ -11,8 +11,8 @@ starts (`seq_lens`), so training can keep them apart. A row of three documents, 
 
 Positions restart so each document looks to the model exactly as it would alone, and attention is
 block-causal along `seq_lens` (sfttrain/attention.py). The first token of a document is never a target:
-a target is predicted from the token before it, and before b0 stands a4, the last token of another
-document, which b0 must not be learned from (nor could be: attention stops at the boundary).
+a target is predicted from the position before it, and before b0 stands a4, the end of document 7,
+which sees only document 7; training it to predict b0 would teach that an unrelated document follows.
 
 What is here is only the choice of which documents share a row: a bin-packing problem over integer
 lengths. `pack` returns rows of document indices, every document exactly once, each row's total

@@ -11,7 +11,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from .config import BuildConfig
+import numpy as np
+
+from .comparators import response_template_mask
+from .config import BuildConfig, Masker
 from .conversation import Conversation, Document, Message
 from .formats import to_conversation
 from .masking import make_document, tokenize
@@ -39,6 +42,11 @@ class Worker:
         self.template = ChatTemplate(self.tokenizer.chat_template, self.tokenizer.special_tokens_map,
                                      config.template_date)
         self.facts = probe_template(self.template, self.tokenizer.special_pattern)
+        if config.masker is Masker.RESPONSE_TEMPLATE:
+            if not config.response_template:
+                raise ValueError("--masker response-template needs --response-template TEXT")
+            ids = self.tokenizer.backend.encode(config.response_template, add_special_tokens=False).ids
+            self.response_template_ids = np.asarray(ids, dtype=np.int32)
 
     def _conversation(self, record: RawRecord) -> Conversation:
         if isinstance(record.data, RecordError):
@@ -53,6 +61,14 @@ class Worker:
         cfg = self.config
         return render_conversation(self._conversation(record), self.template, self.facts, cfg.train_on,
                                    cfg.train_eot, cfg.special_text, self.tokenizer.special_pattern)
+
+    def _mask(self, rendered: Rendered, tokens, result: BatchResult) -> Document:
+        if self.config.masker is Masker.SPANS:
+            return make_document(rendered, tokens, self.tokenizer, self.config.train_eot)
+        # comparator: what the classic collator would train, written as is (unverified, possibly empty)
+        mask = response_template_mask(tokens.ids, self.response_template_ids)
+        result.counters["comparator_template_not_found"] += not mask.any()
+        return Document(rendered.source_id, tokens.ids, mask)
 
     def process(self, batch: list[RawRecord]) -> BatchResult:
         result = BatchResult(records=len(batch))
@@ -69,7 +85,7 @@ class Worker:
         t2 = time.perf_counter()
         for r, t in zip(rendered, tokens):
             try:
-                doc = make_document(r, t, self.tokenizer, cfg.train_eot)
+                doc = self._mask(r, t, result)
                 fitted = fit_length(doc, cfg.max_length, cfg.overlong)
             except RecordError as err:
                 result.rejects.append(Reject(r.source_id, err.reason, err.detail))
