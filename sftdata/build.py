@@ -10,17 +10,21 @@ import bisect
 import itertools
 import json
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
+
 from . import __version__
 from .config import BuildConfig
 from .executor import default_workers, run_batches
+from .packing import fill_stats, pack_arrays
 from .pipeline import BatchResult, Worker
-from .shards import FORMAT_VERSION, MANIFEST, REJECTS, Row, ShardWriter, write_json_atomic
+from .shards import FORMAT_VERSION, MANIFEST, REJECTS, Row, ShardInfo, ShardWriter, open_shard, write_json_atomic
 from .sources import RawRecord, read_inputs
 
 
@@ -31,7 +35,8 @@ class BuildError(Exception):
 @dataclass
 class Progress:
     records: int = 0
-    documents: int = 0
+    records_written: int = 0
+    documents: int = 0  # more than records_written when split-turns splits long records
     tokens: int = 0
     trained_tokens: int = 0
     rejected: int = 0
@@ -89,6 +94,8 @@ def build(
     paths = [Path(p) for p in inputs]
     if not paths:
         raise BuildError("no inputs given")
+    if config.pack and not config.max_length:
+        raise BuildError("--pack needs --max-length: the row length to pack documents into")
     local = Worker(config)  # loads tokenizer and template: a problem with either stops the build here
     _prepare_out_dir(out_dir, overwrite)
     workers = config.workers or default_workers()
@@ -100,13 +107,23 @@ def build(
     seconds: Counter = Counter()
     per_input = [Counter() for _ in paths]
     writer = ShardWriter(out_dir, config.shard_tokens)
+    # packing needs every length first: documents wait in an unpacked spill, then are written packed
+    spill_dir = out_dir / ".spill.tmp"
+    documents = ShardWriter(spill_dir.mkdir(exist_ok=True) or spill_dir, 1 << 62) if config.pack else writer
     rejects_tmp = out_dir / (REJECTS + ".tmp")
     with open(rejects_tmp, "w", encoding="utf-8") as rejects_file:
         batches = _chunks(tally.watch(read_inputs(paths, config.format)), config.batch_size)
         for result in run_batches(batches, config, local, workers):
-            _record(result, writer, rejects_file, progress, reasons, counters, seconds, per_input, tally)
+            _record(result, documents, rejects_file, progress, reasons, counters, seconds, per_input, tally)
             if on_progress:
                 on_progress(progress)
+    packing = None
+    if config.pack:
+        started = time.perf_counter()
+        spilled = documents.close()
+        packing = write_packed(spill_dir, spilled, writer, config.max_length, config.seed)
+        shutil.rmtree(spill_dir)
+        seconds["pack_write"] += time.perf_counter() - started
     shards = writer.close()
     os.replace(rejects_tmp, out_dir / REJECTS)
 
@@ -128,6 +145,7 @@ def build(
         ],
         "counts": {
             "records": progress.records,
+            "records_written": progress.records_written,
             "documents": progress.documents,
             "rejected": progress.rejected,
             "rejected_by_reason": dict(sorted(reasons.items())),
@@ -137,10 +155,11 @@ def build(
             "rows": sum(s.rows for s in shards),
             **dict(sorted(counters.items())),
         },
+        "packing": packing,
         "shards": [s.to_json() for s in shards],
     }
-    if progress.records != progress.documents + progress.rejected:
-        raise BuildError(f"internal error: {progress.records} records != {progress.documents} documents "
+    if progress.records != progress.records_written + progress.rejected:
+        raise BuildError(f"internal error: {progress.records} records != {progress.records_written} written "
                          f"+ {progress.rejected} rejected")
     write_json_atomic(out_dir / MANIFEST, manifest)
     manifest["_seconds"] = dict(seconds)  # for the caller's summary; not part of the reproducible manifest
@@ -149,11 +168,15 @@ def build(
 
 def _record(result: BatchResult, writer: ShardWriter, rejects_file, progress: Progress, reasons: Counter,
             counters: Counter, seconds: Counter, per_input: list[Counter], tally: _InputTally) -> None:
+    written = set()
     for doc in result.documents:
         writer.write(Row(doc.input_ids, doc.loss_mask, [doc.num_tokens], [doc.source_id]))
         progress.tokens += doc.num_tokens
         progress.trained_tokens += doc.num_trained
-        per_input[tally.input_of(doc.source_id)]["documents"] += 1
+        if doc.source_id not in written:
+            written.add(doc.source_id)
+            per_input[tally.input_of(doc.source_id)]["documents"] += 1
+    progress.records_written += len(written)
     for reject in result.rejects:
         rejects_file.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
         reasons[reject.reason.value] += 1
@@ -164,3 +187,31 @@ def _record(result: BatchResult, writer: ShardWriter, rejects_file, progress: Pr
     progress.truncated += result.counters.get("truncated", 0)
     counters.update({k: v for k, v in result.counters.items() if k != "truncated"})
     seconds.update(result.seconds)
+
+
+def write_packed(spill_dir: Path, spilled: list[ShardInfo], writer: ShardWriter, capacity: int, seed: int) -> dict:
+    """Second pass of a packed build: lengths -> rows -> documents copied from the memory-mapped spill."""
+    ids, masks, lens, sources = [], [], [], []
+    for info in spilled:  # per record batch: flat zero-copy views of the memory-mapped spill
+        for batch in open_shard(spill_dir / info.name).to_batches():
+            ids_col, mask_col = batch.column("input_ids"), batch.column("loss_mask")
+            offsets = ids_col.offsets.to_numpy()
+            ids.append((ids_col.values.to_numpy(), offsets))
+            masks.append(mask_col.values.to_numpy())
+            lens.append(np.diff(offsets))
+            sources.append(batch.column("source_ids").values.to_numpy())
+    lengths = np.concatenate(lens) if lens else np.zeros(0, np.int64)
+    source_ids = np.concatenate(sources) if sources else np.zeros(0, np.int64)
+    batch_of = np.repeat(np.arange(len(lens)), [len(x) for x in lens])
+    local = np.concatenate([np.arange(len(x)) for x in lens]) if lens else np.zeros(0, np.int64)
+    order, row_offsets = pack_arrays(lengths, capacity, seed)
+    for r in range(len(row_offsets) - 1):
+        docs = order[row_offsets[r] : row_offsets[r + 1]]
+        pieces_ids, pieces_mask = [], []
+        for d in docs:
+            values, offsets = ids[batch_of[d]]
+            a, b = offsets[local[d]], offsets[local[d] + 1]
+            pieces_ids.append(values[a:b])
+            pieces_mask.append(masks[batch_of[d]][a:b])
+        writer.write(Row(np.concatenate(pieces_ids), np.concatenate(pieces_mask), lengths[docs], source_ids[docs]))
+    return fill_stats(lengths, np.split(order, row_offsets[1:-1]), capacity)

@@ -44,8 +44,15 @@ def add_build_parser(sub) -> None:
     p.add_argument("--max-length", type=int, default=4096,
                    help="longest document in tokens (default 4096); 0 for no limit")
     p.add_argument("--overlong", default="cut-turns", choices=_enum_values(Overlong),
-                   help="what to do with longer documents: cut-turns keeps whole turns that fit (default), "
-                        "truncate cuts at max-length, reject drops the record; all counted in the manifest")
+                   help="what to do with longer documents: cut-turns keeps the whole turns that fit and drops "
+                        "the rest (default: nothing is trained without the turns before it); split-turns cuts "
+                        "them at turn boundaries into several documents (later pieces lack the earlier "
+                        "turns); truncate cuts at max-length; reject drops the record. All counted in the "
+                        "manifest")
+    p.add_argument("--pack", action="store_true",
+                   help="pack whole documents into rows of at most --max-length tokens (best fit over the "
+                        "whole dataset, rows shuffled by --seed); each row keeps its documents' lengths")
+    p.add_argument("--seed", type=int, default=0, help="shuffles the order of packed rows (default 0)")
     p.add_argument("--special-text", default="reject", choices=_enum_values(SpecialText),
                    help="message text that spells a special token (a user typing <|im_end|>): reject the "
                         "record (default), tokenize it as literal text, or allow it to become the control token")
@@ -78,6 +85,8 @@ def config_from_args(args) -> BuildConfig:
         special_text=SpecialText(args.special_text),
         system_prompt=args.system_prompt,
         template_date=args.template_date,
+        pack=args.pack,
+        seed=args.seed,
         masker=Masker(args.masker),
         response_template=args.response_template,
         workers=args.workers,
@@ -125,6 +134,10 @@ def _print_summary(console, manifest: dict, out: str) -> None:
             field = key.removeprefix("documents_with_unrendered_")
             console.print(f"[yellow]{count:,} documents hold {field} fields the chat template does not render[/] "
                           "(they are not in the tokens; use a template that renders them)")
+    if manifest.get("packing"):
+        p = manifest["packing"]
+        console.print(f"packed into {p['rows']:,} rows of {p['capacity']:,}: fill {p['fill']:.2%} "
+                      f"(lower bound {p['lower_bound_rows']:,} rows, {p['fill_vs_lower_bound']:.2%} of its fill)")
     if c["rejected"]:
         reasons = ", ".join(f"{k} {v:,}" for k, v in c["rejected_by_reason"].items())
         console.print(f"[yellow]{c['rejected']:,} of {c['records']:,} records rejected[/] ({reasons}); "

@@ -14,6 +14,7 @@ class TrainOn(str, Enum):
 
 class Overlong(str, Enum):
     CUT_TURNS = "cut-turns"  # keep whole turns up to max_length; reject when nothing trainable remains
+    SPLIT_TURNS = "split-turns"  # cut at turn boundaries into several documents, each <= max_length
     TRUNCATE = "truncate"  # hard cut at max_length, even inside an assistant turn
     REJECT = "reject"  # reject the whole record
 

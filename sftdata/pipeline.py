@@ -90,10 +90,11 @@ class Worker:
             except RecordError as err:
                 result.rejects.append(Reject(r.source_id, err.reason, err.detail))
                 continue
-            result.documents.append(fitted)
+            result.documents.extend(fitted)
             result.counters[f"span_method_{r.method}"] += 1
             result.counters.update(f"documents_with_unrendered_{kind}" for kind in r.unrendered)
-            result.counters["truncated"] += fitted.truncated
+            result.counters["truncated"] += fitted[0].truncated
+            result.counters["split_pieces"] += len(fitted) - 1
         t3 = time.perf_counter()
         result.seconds.update({"render": t1 - t0, "tokenize": t2 - t1, "mask_verify": t3 - t2})
         result.rejects.sort(key=lambda r: r.source_id)
