@@ -16,15 +16,16 @@ from typing import Iterable, Iterator
 from .config import BuildConfig
 from .pipeline import BatchResult, Worker
 from .sources import RawRecord
+from .tokenizer import ModelTokenizer
 
 _worker: Worker | None = None
 
 
-def _init_worker(config: BuildConfig) -> None:
+def _init_worker(config: BuildConfig, tokenizer: ModelTokenizer) -> None:
     # each worker is one core's worth of work: the tokenizer's own thread pool would oversubscribe
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     global _worker
-    _worker = Worker(config)
+    _worker = Worker(config, tokenizer)
 
 
 def _process(batch: list[RawRecord]) -> BatchResult:
@@ -45,7 +46,8 @@ def run_batches(batches: Iterable[list[RawRecord]], config: BuildConfig, local: 
             yield local.process(batch)
         return
     context = multiprocessing.get_context("spawn")  # fork after the tokenizer's threads ran can deadlock
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(config,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(config, local.tokenizer)) as pool:
         pending = deque(pool.submit(_process, b) for b in head)
         for batch in batches:
             yield pending.popleft().result()

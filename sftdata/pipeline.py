@@ -17,12 +17,13 @@ from .comparators import response_template_mask
 from .config import BuildConfig, Masker
 from .conversation import Conversation, Document, Message
 from .formats import to_conversation
-from .masking import make_document, tokenize
+from .masking import make_document
+from .tokens import tokenize
 from .rejects import Reject, RecordError
 from .sources import RawRecord
 from .spans import Rendered, probe_template, render_conversation
 from .template import ChatTemplate
-from .tokenizer import load_tokenizer
+from .tokenizer import ModelTokenizer, load_tokenizer
 from .truncation import fit_length
 
 
@@ -36,9 +37,10 @@ class BatchResult:
 
 
 class Worker:
-    def __init__(self, config: BuildConfig):
+    def __init__(self, config: BuildConfig, tokenizer: ModelTokenizer | None = None):
         self.config = config
-        self.tokenizer = load_tokenizer(config.tokenizer, config.chat_template)
+        # worker processes get the loaded tokenizer (it pickles as its JSON) instead of loading it again
+        self.tokenizer = tokenizer or load_tokenizer(config.tokenizer, config.chat_template)
         self.template = ChatTemplate(self.tokenizer.chat_template, self.tokenizer.special_tokens_map,
                                      config.template_date)
         self.facts = probe_template(self.template, self.tokenizer.special_pattern)
