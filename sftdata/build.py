@@ -70,8 +70,14 @@ class _InputTally:
         self.records = [0] * len(paths)
         self.formats = [None] * len(paths)
 
-    def watch(self, records: Iterable[RawRecord]) -> Iterator[RawRecord]:
-        for r in records:
+    def watch(self, records: Iterable[RawRecord], seconds: Counter) -> Iterator[RawRecord]:
+        records = iter(records)
+        while True:
+            started = time.perf_counter()
+            r = next(records, None)
+            seconds["read"] += time.perf_counter() - started
+            if r is None:
+                return
             if self.first_ids[r.input_index] is None:
                 self.first_ids[r.input_index] = r.source_id
             self.records[r.input_index] += 1
@@ -112,9 +118,11 @@ def build(
     documents = ShardWriter(spill_dir.mkdir(exist_ok=True) or spill_dir, 1 << 62) if config.pack else writer
     rejects_tmp = out_dir / (REJECTS + ".tmp")
     with open(rejects_tmp, "w", encoding="utf-8") as rejects_file:
-        batches = _chunks(tally.watch(read_inputs(paths, config.format)), config.batch_size)
+        batches = _chunks(tally.watch(read_inputs(paths, config.format), seconds), config.batch_size)
         for result in run_batches(batches, config, local, workers):
+            started = time.perf_counter()
             _record(result, documents, rejects_file, progress, reasons, counters, seconds, per_input, tally)
+            seconds["write"] += time.perf_counter() - started
             if on_progress:
                 on_progress(progress)
     packing = None

@@ -1,0 +1,151 @@
+"""Build throughput against its floor, scaling with workers, stage times and memory:
+`python -m bench.bench_build [--conversations 20000] [--large 200000]`.
+
+The corpus is every conversation in ../shared/datasets (all formats), cycled to the requested size as
+one JSONL file per source. The floor is what cannot be avoided: rendering each conversation once with
+the chat template plus one batch encode with offsets, in one process. Every figure is measured in
+this run, each configuration in a fresh process, and printed as a ratio against that floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TOKENIZER = SHARED / "tokenizers" / "llama3_1"
+MAX_LENGTH = 4096
+
+
+def make_corpus(folder: Path, conversations: int) -> list[Path]:
+    sources = sorted(p for p in (SHARED / "datasets").iterdir() if p.suffix in (".json", ".jsonl"))
+    records = {p: ([json.loads(line) for line in p.open()] if p.suffix == ".jsonl" else json.loads(p.read_text()))
+               for p in sources}
+    total = sum(len(r) for r in records.values())
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for path, recs in records.items():
+        out = folder / f"{path.stem}.jsonl"
+        with out.open("w") as f:
+            for record in itertools.islice(itertools.cycle(recs), round(len(recs) * conversations / total)):
+                f.write(json.dumps(record) + "\n")
+        paths.append(out)
+    return paths
+
+
+def _peak_rss_mb() -> tuple[float, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return own, children
+
+
+def run_floor(paths: list[Path]) -> dict:
+    from sftdata.config import BuildConfig
+    from sftdata.pipeline import Worker
+    from sftdata.rejects import RecordError
+    from sftdata.sources import read_inputs
+    from sftdata.spans import template_messages
+
+    worker = Worker(BuildConfig(tokenizer=str(TOKENIZER)))
+    conversations = []
+    for record in read_inputs(paths):
+        try:
+            conversations.append(worker._conversation(record))
+        except RecordError:
+            pass
+    started = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(conversations), 1024):
+        texts = [worker.template.render(template_messages(c.messages), c.tools).text
+                 for c in conversations[i : i + 1024]]
+        tokens += sum(len(e.ids) for e in worker.tokenizer.backend.encode_batch(texts, add_special_tokens=False))
+    return {"seconds": time.perf_counter() - started, "tokens": tokens}
+
+
+def run_build(paths: list[Path], workers: int, pack: bool, out: Path) -> dict:
+    from sftdata.build import build
+    from sftdata.config import BuildConfig
+
+    started = time.perf_counter()
+    manifest = build(paths, out, BuildConfig(tokenizer=str(TOKENIZER), workers=workers, pack=pack,
+                                             max_length=MAX_LENGTH), overwrite=True)
+    own, children = _peak_rss_mb()
+    return {"seconds": time.perf_counter() - started, "tokens": manifest["counts"]["tokens"],
+            "stages": manifest["_seconds"], "rss_mb": own, "worker_rss_mb": children,
+            "fill": (manifest.get("packing") or {}).get("fill")}
+
+
+def measure(kind: str, paths: list[Path], env: dict | None = None, **kwargs) -> dict:
+    """Runs one configuration in a fresh Python process, so none shares warm state or memory."""
+    request = json.dumps({"kind": kind, "paths": [str(p) for p in paths], **kwargs})
+    done = subprocess.run([sys.executable, "-m", "bench.bench_build", "--child", request], check=True,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=Path(__file__).resolve().parents[1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _child(request: str) -> None:
+    spec = json.loads(request)
+    paths = [Path(p) for p in spec.pop("paths")]
+    kind = spec.pop("kind")
+    result = run_floor(paths) if kind == "floor" else run_build(paths, out=Path(spec.pop("out")), **spec)
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conversations", type=int, default=20_000)
+    parser.add_argument("--large", type=int, default=200_000, help="size of the memory comparison (0: skip)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return _child(args.child)
+    if not TOKENIZER.exists():
+        sys.exit(f"needs the shared Llama-3.1 tokenizer at {TOKENIZER}")
+    cores = len(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = make_corpus(tmp / "corpus", args.conversations)
+        one_thread = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}
+        rows = {
+            "floor: render + encode, 1 process, 1 tokenizer thread": measure("floor", paths, one_thread),
+            "floor: render + encode, 1 process": measure("floor", paths),
+            "sftdata build --pack, 1 worker": measure("build", paths, workers=1, pack=True, out=str(tmp / "o1")),
+            f"sftdata build --pack, {cores} workers (default)": measure("build", paths, workers=0, pack=True,
+                                                                      out=str(tmp / "o2")),
+            f"sftdata build, unpacked, {cores} workers": measure("build", paths, workers=0, pack=False,
+                                                                  out=str(tmp / "o3")),
+        }
+        floor = rows["floor: render + encode, 1 process"]
+        floor_rate = floor["tokens"] / floor["seconds"]
+        print(f"\n{args.conversations:,} conversations, {floor['tokens']:,} tokens (Llama-3.1 tokenizer), "
+              f"{cores} cores, max length {MAX_LENGTH}\n")
+        print(f"{'configuration':58} {'seconds':>8} {'tokens/s':>10} {'vs floor':>9}")
+        for name, r in rows.items():
+            rate = r["tokens"] / r["seconds"]
+            print(f"{name:58} {r['seconds']:8.2f} {rate:10,.0f} {rate / floor_rate:9.2f}")
+        packed = rows[f"sftdata build --pack, {cores} workers (default)"]
+        unpacked = rows[f"sftdata build, unpacked, {cores} workers"]
+        print(f"\npacking adds {packed['seconds'] / unpacked['seconds'] - 1:+.1%} to the build's wall time "
+              f"(fill {packed['fill']:.2%})")
+        stages = packed["stages"]
+        print("stage seconds (summed over workers): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+        if args.large:
+            big_paths = make_corpus(tmp / "corpus_large", args.large)
+            big = measure("build", big_paths, workers=0, pack=True, out=str(tmp / "o4"))
+            small_rss = packed["rss_mb"] + packed["worker_rss_mb"]
+            big_rss = big["rss_mb"] + big["worker_rss_mb"]
+            print(f"\npeak RSS (main + largest worker): {args.conversations:,} conversations {small_rss:,.0f} MB, "
+                  f"{args.large:,} conversations {big_rss:,.0f} MB: ratio {big_rss / small_rss:.2f}")
+
+
+if __name__ == "__main__":
+    main()
