@@ -70,6 +70,8 @@ def add_build_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=BuildConfig.batch_size, help="conversations per task")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write OUT/report.html (summary, charts, sampled documents with their masks)")
     p.set_defaults(run=run_build)
 
 
@@ -120,6 +122,9 @@ def run_build(args) -> int:
             console.print(f"[bold red]error:[/] {err}")
             return 2
     _print_summary(console, manifest, args.out)
+    from .report import report_after_build
+
+    report_after_build(args.out, args.report, console)
     return 0
 
 
@@ -149,6 +154,15 @@ def main(argv: list[str] | None = None) -> int:
                                      "exact per-token loss masks, and check it before training.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_build_parser(sub)
+    from .diff import add_parser as add_diff_parser
+    from .report import add_parser as add_report_parser
+    from .stats import add_parser as add_stats_parser
+    from .viewer import add_parser as add_view_parser
+
+    add_view_parser(sub)
+    add_diff_parser(sub)
+    add_stats_parser(sub)
+    add_report_parser(sub)
     args = parser.parse_args(argv)
     return args.run(args)
 

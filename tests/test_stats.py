@@ -1,0 +1,147 @@
+"""`sftdata stats` and the document index every inspection command reads builds through.
+
+The small conversation set and `make_build` here are shared by test_viewer, test_diff and test_report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sftdata.build import build
+from sftdata.cli import main
+from sftdata.config import BuildConfig
+from sftdata.shards import iter_rows, open_build
+from sftdata.stats import BuildData, _pieces, build_stats
+
+from .conftest import fixture_tokenizer
+
+CHATML = fixture_tokenizer("chatml-bpe")
+RESPONSE_TEMPLATE = "<|im_start|>assistant\n"
+
+
+def _chat(*turns: str) -> dict:
+    roles = ["user", "assistant"]
+    return {"messages": [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]}
+
+
+# source ids: 0 two exchanges, 1 one, 2 three, 3 no assistant (rejected), 4 one long reply,
+# 5 an empty reply only (rejected by sftdata, kept by the comparator), 6 one exchange
+CHATS = [
+    _chat("What is the capital of France?", "Paris is the capital.", "And of Italy?", "Rome is."),
+    _chat("Say hello.", "Hello there!"),
+    _chat("Count: one.", "two", "Next?", "three", "Next again?", "four"),
+    {"messages": [{"role": "user", "content": "Nobody answers this."}]},
+    _chat("Write a long answer.", " ".join(f"word{i}" for i in range(40))),
+    _chat("Reply with nothing.", ""),
+    _chat("Escape <b>this</b> & </script><script>alert(1)</script>", "Done: <i>ok</i> & fine."),
+]
+MULTI_TURN = {0: 2, 2: 3}  # source id -> assistant turns
+
+
+def write_chats(folder: Path, chats=CHATS) -> Path:
+    path = folder / "chats.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in chats), encoding="utf-8")
+    return path
+
+
+def make_build(root: Path, name: str, inputs=None, **config) -> Path:
+    """A build of the shared conversations (or `inputs`) in root/name, in this process."""
+    root.mkdir(parents=True, exist_ok=True)
+    inputs = inputs or [write_chats(root)]
+    out = root / name
+    config.setdefault("tokenizer", CHATML)
+    build(inputs, out, BuildConfig(workers=1, **config), overwrite=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stats")
+    return {"plain": make_build(root, "plain"),
+            "packed": make_build(root, "packed", pack=True, max_length=200)}
+
+
+def test_index_splits_rows_into_the_documents_the_shards_hold(builds):
+    for name in ("plain", "packed"):
+        data = BuildData(builds[name])
+        _, tables = open_build(builds[name])
+        expected = []
+        for table in tables:
+            for row in iter_rows(table):
+                at = 0
+                for length, sid in zip(row.seq_lens, row.source_ids):
+                    expected.append((int(sid), row.input_ids[at : at + length], row.loss_mask[at : at + length]))
+                    at += length
+        assert len(data.docs) == len(expected)
+        for doc, (sid, ids, mask) in enumerate(expected):
+            assert data.docs.source_id[doc] == sid
+            assert np.array_equal(data.ids(doc), ids) and np.array_equal(data.mask(doc), mask)
+            assert data.docs.trained[doc] == mask.sum()
+        assert sorted(data.docs.source_id.tolist()) == [0, 1, 2, 4, 6]
+    packed = BuildData(builds["packed"])
+    assert packed.packed and packed.docs.row_documents.max() > 1, "the packed fixture packs nothing"
+    assert packed.rows < len(packed.docs)
+
+
+def test_trained_runs_count_assistant_turns(builds):
+    data = BuildData(builds["packed"])  # runs must not leak across documents packed side by side
+    runs = dict(zip(data.docs.source_id.tolist(), data.docs.runs.tolist()))
+    assert runs == {0: 2, 1: 1, 2: 3, 4: 1, 6: 1}
+
+
+def test_pieces_number_documents_sharing_a_source_id():
+    assert _pieces(np.array([5, 3, 5, 5, 3, 7])).tolist() == [0, 0, 1, 2, 1, 0]
+
+
+def test_stats_agree_with_the_manifest_and_the_data(builds):
+    for name in ("plain", "packed"):
+        data = BuildData(builds[name])
+        s = build_stats(data)
+        c = data.manifest["counts"]
+        assert s["checks"] == []
+        assert (s["documents"], s["tokens"], s["trained_tokens"], s["rows"]) == (
+            c["documents"], c["tokens"], c["trained_tokens"], c["rows"])
+        assert s["rejected"] == 2 and s["rejected_by_reason"] == {"no_trainable_tokens": 2}
+        assert s["trained_ratio"] == round(c["trained_tokens"] / c["tokens"], 4)
+        lengths = data.docs.length
+        assert s["length"]["max"] == lengths.max() and s["length"]["min"] == lengths.min()
+        assert s["length"]["p50"] in lengths.tolist()
+        assert s["multi_turn_documents"] == 2
+        (only,) = s["inputs"]
+        assert (only["records"], only["documents"], only["rejected"]) == (7, 5, 2)
+    packed = build_stats(BuildData(builds["packed"]))
+    assert packed["packed"] is True
+    expected_fill = packed["tokens"] / (packed["rows"] * 200)
+    assert packed["fill"] == pytest.approx(expected_fill, abs=1e-4)
+    manifest_fill = BuildData(builds["packed"]).manifest.get("packing", {}) or {}
+    if "fill" in manifest_fill:
+        assert packed["fill"] == pytest.approx(manifest_fill["fill"], abs=1e-4)
+
+
+def test_stats_cli_json_and_table(builds, capsys):
+    assert main(["stats", str(builds["packed"]), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["documents"] == 5 and s["packed"] and 0 < s["fill"] <= 1
+    assert main(["stats", str(builds["plain"])]) == 0
+    out = capsys.readouterr().out
+    assert "trained tokens" in out and "no_trainable_tokens 2" in out and "one document per row" in out
+
+
+def test_stats_flags_a_manifest_that_disagrees_with_the_shards(builds, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(builds["plain"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["counts"]["trained_tokens"] += 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    checks = build_stats(BuildData(copy))["checks"]
+    assert len(checks) == 1 and "trained_tokens" in checks[0]
+
+
+def test_not_a_build_is_an_error_not_a_traceback(tmp_path, capsys):
+    assert main(["stats", str(tmp_path)]) == 2
+    assert "not a finished sftdata build" in capsys.readouterr().err
