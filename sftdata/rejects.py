@@ -10,7 +10,6 @@ class Reason(str, Enum):
     MALFORMED = "malformed_record"  # bad JSON, missing/unknown role, non-text content, unknown format
     SPECIAL_TOKEN_IN_CONTENT = "special_token_in_content"
     TEMPLATE_ERROR = "template_error"  # the chat template raised on this conversation
-    SPAN_NOT_FOUND = "span_not_found"  # no method located every message in the rendering
     MASK_VERIFICATION_FAILED = "mask_verification_failed"
     NO_TRAINABLE_TOKENS = "no_trainable_tokens"
     TOO_LONG = "too_long"
