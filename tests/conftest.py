@@ -40,7 +40,21 @@ def mistral_common_tokenizer(tmp_root: Path, version: str) -> str:
     return str(folder)
 
 
+def mistral_common_tekken(tmp_root: Path) -> str:
+    """mistral-common's tiktoken-style Tekken vocabulary, as a folder transformers loads as fast."""
+    import mistral_common
+
+    data = Path(mistral_common.__file__).parent / "data"
+    folder = tmp_root / "mistral-tekken"
+    folder.mkdir(exist_ok=True)
+    (folder / "tekken.json").write_bytes(sorted(data.glob("tekken_*.json"))[-1].read_bytes())
+    (folder / "tokenizer_config.json").write_text('{"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}')
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def mistral_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("mistral")
-    return {v: mistral_common_tokenizer(root, v) for v in ("v1", "v3")}
+    dirs = {v: mistral_common_tokenizer(root, v) for v in ("v1", "v3")}
+    dirs["tekken"] = mistral_common_tekken(root)
+    return dirs

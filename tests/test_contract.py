@@ -46,6 +46,8 @@ CASES = [
     Case("gemma-spm", fixture_tokenizer("gemma-spm")),
     Case("mistral-common-v1", "mistral:v1", "mistral_v3.jinja"),
     Case("mistral-common-v3", "mistral:v3", "mistral_v3.jinja", tools=True, allowed=frozenset({"[TOOL_CALLS]"})),
+    Case("mistral-common-tekken", "mistral:tekken", "mistral_v3.jinja", tools=True,
+         allowed=frozenset({"[TOOL_CALLS]"})),
     Case("shared-llama2", shared_tokenizer("llama2"), "llama2.jinja", needs_shared=True),
     Case("shared-llama3.1", shared_tokenizer("llama3_1"), needs_shared=True),
     Case("shared-qwen3", shared_tokenizer("qwen3"), tools=True, needs_shared=True),
