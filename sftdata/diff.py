@@ -168,7 +168,7 @@ def compare_documents(ids_a, mask_a, ids_b, mask_b, name_a="A", name_b="B") -> t
         tags = classify(ma, mb, name_a, name_b)
     else:
         tags = [f"token ids differ ({len(ids_a):,} vs {len(ids_b):,} tokens; "
-                f"{int((al.ia < 0).sum()):,} only in {name_a}, {int((al.ib < 0).sum()):,} only in {name_b})"]
+                f"{int((al.ib < 0).sum()):,} only in {name_a}, {int((al.ia < 0).sum()):,} only in {name_b})"]
         if mask_a.any() and not mask_b.any():
             tags.append(f"{name_b} trains nothing")
         elif mask_b.any() and not mask_a.any():
@@ -235,7 +235,6 @@ def _keys(data: BuildData) -> np.ndarray:
 
 def settings_changes(a: dict, b: dict) -> list[tuple[str, object, object]]:
     """What differs between two manifests in what shapes the output."""
-    out = []
     pairs = [("sftdata version", a.get("sftdata_version"), b.get("sftdata_version")),
              ("tokenizer", a.get("tokenizer", {}).get("name"), b.get("tokenizer", {}).get("name")),
              ("tokenizer fingerprint", a.get("tokenizer", {}).get("fingerprint", "")[:12],
@@ -255,7 +254,7 @@ def _reject_map(data: BuildData) -> dict[int, dict]:
 def diff_builds(a: BuildData, b: BuildData) -> BuildDiff:
     out = BuildDiff(a, b, settings=settings_changes(a.manifest, b.manifest))
     ka, kb = _keys(a), _keys(b)
-    common, ia, ib = np.intersect1d(ka, kb, assume_unique=True, return_indices=True)
+    _, ia, ib = np.intersect1d(ka, kb, assume_unique=True, return_indices=True)
     order = np.argsort(ia)  # A's document order
     ia, ib = ia[order], ib[order]
     same_len = a.docs.length[ia] == b.docs.length[ib]
@@ -394,8 +393,9 @@ def print_diff(console, d: BuildDiff, vocab_a, vocab_b, limit: int, tokens: bool
             unmatched[idx[(idx >= 0) & ((al.ia < 0) | (al.ib < 0))]] = True
             console.print(Text(f"{name}: {len(ids):,} tokens, {int(mask.sum()):,} trained, "
                                f"{int(unmatched.sum()):,} not in the other build", style="bold"))
-            pieces = vocab.pieces(ids)
-            console.print(render_stream(pieces, mask, plain, shown(unmatched, context)), highlight=False)
+            if unmatched.any():
+                console.print(render_stream(vocab.pieces(ids), mask, plain, shown(unmatched, context)),
+                              highlight=False)
 
 
 def _doc_label(doc: DocDiff) -> str:
@@ -532,7 +532,7 @@ def diff_payload(d: BuildDiff, vocab_a, vocab_b, max_docs: int = 5000) -> dict:
                                  "; ".join(doc.tags)] for doc in d.docs[:50]]})
     return {"kind": "diff", "summary": d.summary(), "notes": notes, "tables": tables,
             "legend": {"a": name_a, "b": name_b},
-            "vocab": [page_html.vocab_table(vocab_a, ids_a_used),
+            "vocab": [page_html.vocab_table(vocab_a, ids_a_used + (ids_b_used if same_tok else [])),
                       "same" if same_tok else page_html.vocab_table(vocab_b, ids_b_used)],
             "docs": docs}
 

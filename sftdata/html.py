@@ -443,8 +443,11 @@ JS = r"""
       timer = setTimeout(filter, 200);
     });
     sel.addEventListener("change", filter);
+    // page.html#q=TEXT opens with that search, page.html#KEY with that document
+    var hash = decodeURIComponent(location.hash.slice(1));
+    if (hash.indexOf("q=") === 0) document.getElementById("q").value = hash.slice(2);
     filter();
-    if (location.hash.length > 1) showDoc(decodeURIComponent(location.hash.slice(1)));
+    if (hash && hash.indexOf("q=") !== 0) showDoc(hash);
     document.body.setAttribute("data-rendered", "1");
   }
   init();

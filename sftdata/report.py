@@ -224,7 +224,8 @@ def report_payload(data: BuildData, vocab: Vocab | None, notes: list[str], per_c
                         f"median; p90 {ln['p90']:,}, max {ln['max']:,} tokens"))
     summary.append(("truncated", f"{s['truncated']:,}", f"over-long policy: {data.config.get('overlong')}"))
     fill = f"fill {s['fill']:.1%} of rows × max length {s['max_length']:,}" if s["fill"] is not None else ""
-    summary.append(("rows", f"{s['rows']:,}", ("packed; " if s["packed"] else "one document per row; ") + fill))
+    summary.append(("rows", f"{s['rows']:,}", "; ".join(filter(None, ["packed" if s["packed"] else
+                                                                     "one document per row", fill]))))
     tables = []
     if data.rejects:
         rows = [[r.get("source_id"), data.where(r["source_id"]) if "source_id" in r else "", r.get("reason"),

@@ -330,7 +330,8 @@ def print_stats(console, data: BuildData, s: dict) -> None:
         t.add_row("trained ratio", f"{r['p50']:.1%}", f"median per document; p10 {r['p10']:.1%}  p90 {r['p90']:.1%}")
     t.add_row("truncated", f"{s['truncated']:,}", "")
     fill = f"fill {s['fill']:.1%} of rows × max length {s['max_length']:,}" if s["fill"] is not None else ""
-    t.add_row("rows", f"{s['rows']:,}", ("packed, " if s["packed"] else "one document per row, ") + fill)
+    t.add_row("rows", f"{s['rows']:,}", ", ".join(filter(None, ["packed" if s["packed"] else "one document per row",
+                                                               fill])))
     t.add_row("rejected", f"{s['rejected']:,}", ", ".join(f"{k} {v:,}" for k, v in s["rejected_by_reason"].items()))
     console.print(t)
     if s["inputs"]:

@@ -375,6 +375,8 @@ def select_rows(data: BuildData, vocab: Vocab | None, args) -> tuple[list[tuple[
         if not hits:
             return [], escape(f"no document contains {args.grep!r}"), 1
         return [("", hits)], None, 0
+    if not data.rows:
+        return [], "the build holds no rows: every record was rejected (see `sftdata stats`)", 0
     rows = range(min(args.limit, data.rows))
     return [(row_heading(data, r), data.documents_in_row(r).tolist()) for r in rows], None, 0
 

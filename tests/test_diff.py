@@ -113,7 +113,8 @@ def test_added_system_prompt_differs_in_ids_only_by_inserted_tokens(builds):
         inserted = al.ib[al.ia < 0]
         assert doc.changed == len(inserted) == doc.tokens_b - doc.tokens_a
         assert not d.b.mask(doc.b)[inserted].any()
-        assert doc.tags[0].startswith("token ids differ")
+        assert doc.tags[0] == (f"token ids differ ({doc.tokens_a} vs {doc.tokens_b} tokens; "
+                               f"0 only in A, {len(inserted)} only in B)")
 
 
 def test_identical_builds_and_exit_status(builds, capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,12 +16,19 @@ from sftdata.cli import main
 from sftdata.comparators import response_template_mask
 from sftdata.config import Masker, TrainOn
 from sftdata.html import PAGE_SIZE, embed_json
-from sftdata.report import (REPORT, Baseline, baseline_counts, first_matches, report_payload, select_documents,
-                            write_report)
+from sftdata.report import (
+    REPORT,
+    Baseline,
+    baseline_counts,
+    first_matches,
+    report_payload,
+    select_documents,
+    write_report,
+)
 from sftdata.stats import BuildData, DocIndex
 from sftdata.viewer import load_vocab
 
-from .test_stats import CHATML, CHATS, RESPONSE_TEMPLATE, _chat, make_build, write_chats
+from .test_stats import CHATML, RESPONSE_TEMPLATE, _chat, make_build, write_chats
 
 CHROMIUM = Path("/usr/bin/chromium")
 MANY = [_chat(f"Question {i}?", f"Answer {i}.", f"Follow-up {i}?", f"Second answer {i}.") for i in range(45)]
@@ -176,8 +182,8 @@ def test_first_matches_is_find_subsequence_for_every_document():
 
 
 def test_sentencepiece_report_counts_the_template_never_found(tmp_path):
-    from .test_diff import PLAIN_TEMPLATE
     from .conftest import fixture_tokenizer
+    from .test_diff import PLAIN_TEMPLATE
 
     template = tmp_path / "plain.jinja"
     template.write_text(PLAIN_TEMPLATE)
@@ -244,11 +250,28 @@ def test_diff_page_pages_the_documents_and_labels_the_comparator(builds):
     assert any(d["cats"] == ["only in B (comparator)"] and d["sid"] == 5 for d in data["docs"])
 
 
-def _chromium(tmp_path: Path, page: Path, *extra: str) -> str:
+def test_diff_page_reads_every_token_of_both_sides(tmp_path):
+    from sftdata.diff import diff_builds, diff_payload
+
+    a, b = make_build(tmp_path, "a"), make_build(tmp_path, "b", system_prompt="Be brief.")
+    d = diff_builds(BuildData(a), BuildData(b))
+    vocab, _ = load_vocab(d.a.manifest)
+    data = diff_payload(d, vocab, vocab)
+    assert data["vocab"][1] == "same"
+    table = data["vocab"][0]
+    for doc in data["docs"]:
+        assert doc["cats"] == ["token ids differ"]
+        for ids in (doc["ids_a"], doc["ids_b"]):
+            assert all(str(i) in table for i in ids)
+        assert "".join(table[str(i)][0] for i in doc["ids_b"]).startswith("<|im_start|>system\nBe brief.")
+        assert doc["ea"] == "1" * len(doc["ids_a"]) and doc["eb"].count("0") == len(doc["ids_b"]) - len(doc["ids_a"])
+
+
+def _chromium(tmp_path: Path, page: Path, *extra: str, url: str | None = None) -> str:
     cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", *extra, page.resolve().as_uri()]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+           f"--user-data-dir={tmp_path / 'profile'}", *extra, url or page.resolve().as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -267,6 +290,12 @@ def test_pages_render_in_a_headless_browser(builds, tmp_path):
     assert re.search(r"<th>differing only in mask</th><td class=\"num\">45</td>", dom)
     assert dom.count('<article class="doc"') == PAGE_SIZE, "all documents rendered at once, not a page"
     assert "page 1 of 3" in dom
+    # the search box filters the documents (set here through the page's #q= link form)
+    page = (builds["many_diff"]).resolve().as_uri()
+    dom = _chromium(tmp_path, Path(builds["many_diff"]), "--dump-dom", url=page + "#q=answer%2017.")
+    assert "documents 1–1 of 1" in dom and dom.count('<article class="doc"') == 1
+    dom = _chromium(tmp_path, Path(builds["many_diff"]), "--dump-dom", url=page + "#s30p0")
+    assert 'id="s30p0"' in dom and dom.count('<article class="doc"') == 1
     shot = tmp_path / "report.png"
     _chromium(tmp_path, builds["template"] / REPORT, f"--screenshot={shot}", "--window-size=1280,2000")
     assert shot.stat().st_size > 10_000

@@ -101,7 +101,7 @@ def test_tokens_mode_lists_id_mask_and_piece(builds, capsys):
     assert len(lines) == data.docs.length[doc]
     ids, mask = data.ids(doc), data.mask(doc)
     for line, tid, m in zip(lines, ids, mask):
-        pos, id_, flag = line.split()[:3]
+        _, id_, flag = line.split()[:3]
         assert int(id_) == tid and (flag == "trained") == bool(m)
     assert "⟪<|im_end|>⟫" in out and "'Hel" in out
 
