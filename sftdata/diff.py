@@ -386,15 +386,19 @@ def print_diff(console, d: BuildDiff, vocab_a, vocab_b, limit: int, tokens: bool
                 console.print(render_stream(pieces, lanes_of(mask_a, mask_b), plain, shown(differs, context)),
                               highlight=False)
             continue
+        # ids differ: each side with its own mask, around its tokens the other lacks or masks otherwise
         al = align(ids_a, ids_b)
-        for name, ids, mask, vocab, idx in ((name_a, ids_a, mask_a, vocab_a, al.ia), (name_b, ids_b, mask_b,
-                                                                                     vocab_b, al.ib)):
-            unmatched = np.zeros(len(ids), dtype=bool)
-            unmatched[idx[(idx >= 0) & ((al.ia < 0) | (al.ib < 0))]] = True
-            console.print(Text(f"{name}: {len(ids):,} tokens, {int(mask.sum()):,} trained, "
-                               f"{int(unmatched.sum()):,} not in the other build", style="bold"))
-            if unmatched.any():
-                console.print(render_stream(vocab.pieces(ids), mask, plain, shown(unmatched, context)),
+        ma, mb = aligned_masks(al, mask_a, mask_b)
+        one_side, remasked = (al.ia < 0) | (al.ib < 0), (al.ia >= 0) & (al.ib >= 0) & (ma != mb)
+        for name, ids, mask, vocab, idx in ((name_a, ids_a, mask_a, vocab_a, al.ia),
+                                            (name_b, ids_b, mask_b, vocab_b, al.ib)):
+            flags = np.zeros(len(ids), dtype=bool)
+            flags[idx[(idx >= 0) & (one_side | remasked)]] = True
+            console.print(Text(f"{name}: {len(ids):,} tokens, {int(mask.sum()):,} trained; "
+                               f"{int(((idx >= 0) & one_side).sum()):,} not in the other build, "
+                               f"{int(remasked.sum()):,} in both with another mask", style="bold"))
+            if flags.any():
+                console.print(render_stream(vocab.pieces(ids), mask, plain, shown(flags, context)),
                               highlight=False)
 
 

@@ -63,8 +63,8 @@ class Vocab:
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        spec = json.loads(self.backend.to_str())
-        kinds = _decoder_types(spec.get("decoder"))
+        decoder = self.backend.decoder  # its own JSON only: the whole tokenizer's is megabytes
+        kinds = _decoder_types(json.loads(decoder.__getstate__())) if decoder is not None else set()
         self._byte_level = "ByteLevel" in kinds
         self._metaspace = bool(kinds & {"Metaspace", "Replace"})
         self._alphabet = _byte_level_alphabet() if self._byte_level else {}
@@ -119,33 +119,35 @@ def load_vocab(manifest: dict, tokenizer: str | None = None) -> tuple[Vocab | No
         return None, "the manifest names no tokenizer; showing token ids"
     expected = manifest.get("tokenizer", {}).get("fingerprint")
     try:
-        backend = _load_backend(str(name), expected)
+        backend, fingerprint = _load_backend(str(name), expected)
     except Exception as err:  # transformers raises many kinds; all mean "not loadable here"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return None, f"cannot load the tokenizer {name!r} ({first}); showing token ids"
-    if expected and tokenizer_fingerprint(backend) != expected:
+    if expected and fingerprint != expected:
         return None, (f"the tokenizer at {name!r} is not the one this build used (fingerprint differs); "
                       "showing token ids (pass --tokenizer with the build's tokenizer)")
     return Vocab(backend, str(name)), None
 
 
 def _load_backend(name: str, expected: str | None):
-    """tokenizer.json directly when it is what the build used (fast: no transformers import), else the
-    backend transformers builds from the folder, as the build does; never from the network."""
+    """(backend, fingerprint): tokenizer.json directly when it is what the build used (fast: no
+    transformers import), else the backend transformers builds from the folder, as the build does;
+    never from the network."""
     import tokenizers
 
     file = Path(name) / "tokenizer.json"
     if file.is_file():
         backend = tokenizers.Tokenizer.from_file(str(file))
-        if expected and tokenizer_fingerprint(backend) == expected:
-            return backend
+        fingerprint = tokenizer_fingerprint(backend)
+        if fingerprint == expected:
+            return backend, fingerprint
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(name, local_files_only=True)
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
         raise ValueError(f"{type(hf).__name__} is a slow tokenizer")
-    return backend
+    return backend, tokenizer_fingerprint(backend)
 
 
 class IdsVocab:
