@@ -113,7 +113,7 @@ class TrainConfig:
                 near = difflib.get_close_matches(key_name, known, n=1)
                 problems.append(f"unknown setting {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
             elif not _matches(value, hints[key_name]):
-                problems.append(f"{key} = {value!r} is not a {_type_name(hints[key_name])}")
+                problems.append(f"{key} = {value!r} is not of type {_type_name(hints[key_name])}")
         if problems:
             raise ValueError("invalid training settings:\n  " + "\n  ".join(problems))
         return cls(**{k.replace("-", "_"): v for k, v in data.items()})

@@ -93,11 +93,16 @@ def forward_backward(model, batches: list[Batch], attention: str, autocast, devi
 
 
 def train(cfg: TrainConfig) -> None:
-    run = setup(cfg)
+    owns_process_group = not dist.is_initialized()  # a caller that joined one itself keeps it
     try:
-        loop(run)
+        run = setup(cfg)
+        try:
+            loop(run)
+        finally:
+            run.log.close()
     finally:
-        cleanup(run)
+        if owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def loop(run: Run) -> None:
@@ -210,9 +215,3 @@ def wrap_distributed(model: torch.nn.Module, cfg: TrainConfig, device: torch.dev
             fully_shard(module)
     fully_shard(model)
     return model
-
-
-def cleanup(run: Run) -> None:
-    run.log.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()

@@ -33,7 +33,7 @@ def test_unknown_yaml_key_names_the_closest_setting(tmp_path):
 
 
 def test_wrong_types_and_values_are_refused():
-    with pytest.raises(ValueError, match="lora_r = 'big' is not a int"):
+    with pytest.raises(ValueError, match="lora_r = 'big' is not of type int"):
         TrainConfig.from_dict({"data": "d", "model": "m", "out": "o", "lora_r": "big"})
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         TrainConfig(data="d", model="m", out="o", batch_size=0)
