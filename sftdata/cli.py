@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from .config import BuildConfig, InputFormat, Masker, Overlong, SpecialText, TrainOn
 
@@ -75,10 +76,15 @@ def add_build_parser(sub) -> None:
     p.set_defaults(run=run_build)
 
 
+def _resolved(path: str | None) -> str | None:
+    """A local path made absolute, so the manifest names it from anywhere; a hub id stays as given."""
+    return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+
 def config_from_args(args) -> BuildConfig:
     return BuildConfig(
-        tokenizer=args.tokenizer,
-        chat_template=args.chat_template,
+        tokenizer=_resolved(args.tokenizer),
+        chat_template=_resolved(args.chat_template),
         format=InputFormat(args.format),
         train_on=TrainOn(args.train_on),
         train_eot=args.train_eot,
