@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -122,7 +123,7 @@ def loop(run: Run) -> None:
         run.optimizer.zero_grad(set_to_none=True)
         lr = run.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # a skipped first step makes torch warn that the LR step came first
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             run.scheduler.step()  # the schedule follows the step count, skipped steps included
         run.step += 1
         seconds = time.perf_counter() - started

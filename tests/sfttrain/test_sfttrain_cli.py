@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -52,3 +54,9 @@ def test_every_setting_is_a_flag_with_its_default_in_the_help():
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     for name, f in TrainConfig.__dataclass_fields__.items():
         assert "--" + name.replace("_", "-") in text
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs").glob("sfttrain-*.yaml")))
+def test_example_configs_are_valid(path):
+    cfg = _resolve(["--config", str(path), *REQUIRED])
+    assert cfg.data == "d"
