@@ -2,7 +2,8 @@
 
     out/checkpoints/
         step-00000100/
-            model/           the adapter (peft) or the full model (transformers), plus tokenizer files
+            model/           the adapter (peft) or the full model (transformers), plus tokenizer files;
+                             the last one is copied to out/model when the run ends
             trainer.pt       optimizer, LR scheduler, step, world size
             rank-00000.pt    per rank: loader position (seed, epoch, step) and every RNG state
         latest               name of the newest complete checkpoint
@@ -66,13 +67,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_model(model, optimizer, out_dir: Path, model_dir) -> None:
-    """Export the trained weights (collective: every rank calls it, rank 0 writes)."""
-    model_state, _ = get_state_dict(model, optimizer, options=GATHER)
-    if _rank() == 0:
-        export_model(unwrap(model), model_state, out_dir, model_dir)
-
-
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loader, model_dir) -> Path:
     """Collective: every rank calls it. Returns the checkpoint's directory."""
     root = Path(run_dir) / "checkpoints"
@@ -98,6 +92,18 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loade
         os.replace(pointer, root / "latest")
     _barrier()
     return final
+
+
+def publish_model(run_dir: Path) -> None:
+    """Copy the latest checkpoint's model to out/model, where users look for it (rank 0; atomic rename)."""
+    if _rank() == 0:
+        source, target = latest_checkpoint(run_dir) / "model", Path(run_dir) / "model"
+        tmp = target.with_name("model.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    _barrier()
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -15,7 +15,14 @@ class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, progress: bool):
         self.enabled = enabled
         self.console = Console(stderr=True)
-        self._file = open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8") if enabled else None
+        self._file = None
+        if enabled:
+            path = Path(run_dir) / "metrics.jsonl"
+            if path.exists():  # resuming: drop steps logged after the checkpoint, they are about to run again
+                kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                        if line.strip() and json.loads(line)["step"] <= start_step]
+                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            self._file = open(path, "a", encoding="utf-8")
         self._bar = None
         if enabled and progress:
             self._bar = Progress(

@@ -60,7 +60,11 @@ def load_model(cfg: TrainConfig, attention: str, device: torch.device, checkpoin
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, attn_implementation=attention)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}  # no need for inputs that require grad, so frozen embeddings work
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if cfg.lora:
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -87,7 +91,7 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 def export_model(model: torch.nn.Module, state_dict: dict, out_dir: Path, model_dir: str | Path) -> None:
     """Write what a user loads: a peft adapter directory, or a full model; plus the tokenizer files.
 
-    `state_dict` holds the trainable weights gathered from every rank (see checkpoint.gather_state).
+    `state_dict` holds the trainable weights, gathered whole from every rank (checkpoint.save_checkpoint).
     """
     model.save_pretrained(str(out_dir), state_dict=state_dict)
     for name in TOKENIZER_FILES:

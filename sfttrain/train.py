@@ -23,7 +23,7 @@ import torch.distributed as dist
 import yaml
 
 from sfttrain.attention import attention_kwargs
-from sfttrain.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
+from sfttrain.checkpoint import latest_checkpoint, load_checkpoint, publish_model, save_checkpoint
 from sfttrain.config import TrainConfig
 from sfttrain.loader import Batch, ShardLoader
 from sfttrain.loss import loss_sum
@@ -122,9 +122,7 @@ def loop(run: Run) -> None:
             run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
         lr = run.scheduler.get_last_lr()[0]
-        with warnings.catch_warnings():  # a skipped first step makes torch warn that the LR step came first
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            run.scheduler.step()  # the schedule follows the step count, skipped steps included
+        advance(run.scheduler)
         run.step += 1
         seconds = time.perf_counter() - started
         run.log.step(
@@ -136,8 +134,15 @@ def loop(run: Run) -> None:
         if (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0) or run.step == run.total_steps:
             path = save_checkpoint(Path(cfg.out), run.step, model, run.optimizer, run.scheduler, run.loader, cfg.model)
             run.log.print(f"checkpoint: {path}")
-    save_model(model, run.optimizer, Path(cfg.out) / "model", cfg.model)
+    publish_model(Path(cfg.out))
     run.log.print(f"done: {run.step} steps; {'adapter' if cfg.lora else 'model'} in {Path(cfg.out) / 'model'}")
+
+
+def advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Step the LR schedule, which follows the step count, skipped steps included."""
+    with warnings.catch_warnings():  # after a skipped first step torch warns that no optimizer step came first
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        scheduler.step()
 
 
 def setup(cfg: TrainConfig) -> Run:

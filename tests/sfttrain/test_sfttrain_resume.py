@@ -23,8 +23,9 @@ def _records(run_dir):
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, packed_build, model_dir, finetune):
-    # 31 packed rows in batches of 4, 2 micro-batches a step: 4 steps an epoch; the stop at step 3 is mid-epoch
-    # and the resumed run crosses into the next epoch. LoRA dropout checks that RNG state comes back too.
+    # 31 packed rows in batches of 4, 2 micro-batches a step: 4 steps an epoch. The checkpoint at step 3 is
+    # mid-epoch; the run dies at step 6 and the resumed one redoes 4-7 across the epoch boundary, logging each
+    # step once. LoRA dropout checks that the RNG state comes back too.
     settings = dict(data=str(packed_build), model=str(model_dir), batch_size=4, grad_accum=2, max_steps=7,
                     checkpoint_every=3, lr=1e-2, warmup_steps=2, lora_dropout=0.1, finetune=finetune,
                     progress=False, seed=11)
@@ -32,11 +33,12 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, packed_build, model
 
     real_save = train_module.save_checkpoint
 
-    def save_then_stop(*args, **kwargs):
-        path = real_save(*args, **kwargs)
-        raise Stop(path)
+    def crash_at_second_checkpoint(out, step, *args, **kwargs):  # steps 4-6 are logged, never checkpointed
+        if step > 3:
+            raise Stop(step)
+        return real_save(out, step, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(train_module, "save_checkpoint", crash_at_second_checkpoint)
     with pytest.raises(Stop):
         train(TrainConfig(out=str(tmp_path / "stopped"), **settings))
     monkeypatch.setattr(train_module, "save_checkpoint", real_save)
