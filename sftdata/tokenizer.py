@@ -7,9 +7,12 @@ transformers is used only to load a folder or hub id the way the model's users l
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from importlib import metadata
 from pathlib import Path
 
 import tokenizers
@@ -55,6 +58,17 @@ class ModelTokenizer:
         copy.encode_special_tokens = True
         return copy
 
+    def to_json(self) -> dict:
+        return {"backend": self.backend.to_str(), "chat_template": self.chat_template,
+                "template_source": self.template_source, "special_tokens_map": self.special_tokens_map,
+                "special_texts": list(self.special_texts), "prefix_ids": list(self.prefix_ids)}
+
+    @classmethod
+    def from_json(cls, data: dict, name: str) -> ModelTokenizer:
+        return cls(backend=tokenizers.Tokenizer.from_str(data["backend"]), chat_template=data["chat_template"],
+                   template_source=data["template_source"], special_tokens_map=data["special_tokens_map"],
+                   special_texts=tuple(data["special_texts"]), prefix_ids=tuple(data["prefix_ids"]), name=name)
+
     def summary(self) -> dict:
         return {
             "name": self.name,
@@ -70,7 +84,56 @@ def tokenizer_fingerprint(backend: tokenizers.Tokenizer) -> str:
     return hashlib.sha256(backend.to_str().encode("utf-8")).hexdigest()
 
 
+# files transformers may read to build a tokenizer; model weights are not among them
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "tokenizer.model", "tekken.json", "chat_template.jinja", "chat_template.json", "vocab.json",
+                   "merges.txt", "config.json")
+
+
+def cache_dir() -> Path | None:
+    """Where loaded tokenizers are kept (SFTDATA_CACHE, default ~/.cache/sftdata; "off" to disable)."""
+    where = os.environ.get("SFTDATA_CACHE", str(Path.home() / ".cache" / "sftdata"))
+    return None if where == "off" else Path(where) / "tokenizers"
+
+
+def _cache_key(folder: Path, chat_template_file: str | None) -> str:
+    digest = hashlib.sha256()
+    for name in ("sftdata", "transformers", "tokenizers"):
+        digest.update(f"{name}={metadata.version(name)};".encode())
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            digest.update(name.encode() + b"\0" + (folder / name).read_bytes() + b"\0")
+    if chat_template_file:
+        digest.update(b"template\0" + Path(chat_template_file).read_bytes())
+    return digest.hexdigest()
+
+
 def load_tokenizer(name_or_path: str, chat_template_file: str | None = None) -> ModelTokenizer:
+    """The tokenizer exactly as transformers loads it (the model's users tokenize with that).
+
+    Importing transformers costs seconds, so what a load found is kept in a cache keyed by the bytes of
+    the tokenizer files and the library versions; the next build of the same tokenizer reads it back.
+    """
+    folder, cache = Path(name_or_path), cache_dir()
+    cached = cache / f"{_cache_key(folder, chat_template_file)}.json" if cache and folder.is_dir() else None
+    if cached is not None and cached.is_file():
+        try:
+            return ModelTokenizer.from_json(json.loads(cached.read_text(encoding="utf-8")), str(name_or_path))
+        except Exception:  # a damaged or foreign cache entry: load afresh and rewrite it
+            pass
+    loaded = _load_with_transformers(name_or_path, chat_template_file)
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(loaded.to_json()), encoding="utf-8")
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # a read-only home is no reason to fail a build
+    return loaded
+
+
+def _load_with_transformers(name_or_path: str, chat_template_file: str | None = None) -> ModelTokenizer:
     try:
         from transformers import AutoTokenizer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
 SHARED = Path(os.environ.get("SFTDATA_SHARED", REPO.parent / "shared"))
 TEMPLATES = FIXTURES / "templates"
+
+# loaded tokenizers are cached (sftdata.tokenizer.cache_dir): keep the tests' cache apart from the user's
+os.environ.setdefault("SFTDATA_CACHE", tempfile.mkdtemp(prefix="sftdata-test-cache-"))
 
 requires_shared = pytest.mark.skipif(not (SHARED / "tokenizers").exists(),
                                      reason=f"real tokenizers not present at {SHARED}/tokenizers")
