@@ -96,44 +96,54 @@ def cache_dir() -> Path | None:
     return None if where == "off" else Path(where) / "tokenizers"
 
 
-def _cache_key(folder: Path, chat_template_file: str | None) -> str:
+def _cache_key(folder: Path) -> str:
     digest = hashlib.sha256()
     for name in ("sftdata", "transformers", "tokenizers"):
         digest.update(f"{name}={metadata.version(name)};".encode())
     for name in TOKENIZER_FILES:
         if (folder / name).is_file():
             digest.update(name.encode() + b"\0" + (folder / name).read_bytes() + b"\0")
-    if chat_template_file:
-        digest.update(b"template\0" + Path(chat_template_file).read_bytes())
     return digest.hexdigest()
 
 
-def load_tokenizer(name_or_path: str, chat_template_file: str | None = None) -> ModelTokenizer:
-    """The tokenizer exactly as transformers loads it (the model's users tokenize with that).
+def load_tokenizer(name_or_path: str, chat_template_file: str | None = None,
+                   require_template: bool = True) -> ModelTokenizer:
+    """The tokenizer exactly as transformers loads it (the model's users tokenize with that), with the
+    chat template of `chat_template_file` when given.
 
     Importing transformers costs seconds, so what a load found is kept in a cache keyed by the bytes of
     the tokenizer files and the library versions; the next build of the same tokenizer reads it back.
     """
     folder, cache = Path(name_or_path), cache_dir()
-    cached = cache / f"{_cache_key(folder, chat_template_file)}.json" if cache and folder.is_dir() else None
+    cached = cache / f"{_cache_key(folder)}.json" if cache and folder.is_dir() else None
+    loaded = None
     if cached is not None and cached.is_file():
         try:
-            return ModelTokenizer.from_json(json.loads(cached.read_text(encoding="utf-8")), str(name_or_path))
+            loaded = ModelTokenizer.from_json(json.loads(cached.read_text(encoding="utf-8")), str(name_or_path))
         except Exception:  # a damaged or foreign cache entry: load afresh and rewrite it
-            pass
-    loaded = _load_with_transformers(name_or_path, chat_template_file)
-    if cached is not None:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(loaded.to_json()), encoding="utf-8")
-            os.replace(tmp, cached)
-        except OSError:
-            pass  # a read-only home is no reason to fail a build
+            loaded = None
+    if loaded is None:
+        loaded = _load_with_transformers(name_or_path)
+        if cached is not None:
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(loaded.to_json()), encoding="utf-8")
+                os.replace(tmp, cached)
+            except OSError:
+                pass  # a read-only home is no reason to fail a build
+    if chat_template_file:
+        loaded.chat_template = Path(chat_template_file).read_text(encoding="utf-8")
+        loaded.template_source = f"file:{chat_template_file}"
+    if require_template and not loaded.chat_template:
+        raise TokenizerError(
+            f"the tokenizer {name_or_path!r} has no chat template: pass one with --chat-template FILE "
+            "(a Jinja file, as in a tokenizer_config.json's `chat_template`)"
+        )
     return loaded
 
 
-def _load_with_transformers(name_or_path: str, chat_template_file: str | None = None) -> ModelTokenizer:
+def _load_with_transformers(name_or_path: str) -> ModelTokenizer:
     try:
         from transformers import AutoTokenizer
 
@@ -149,17 +159,9 @@ def _load_with_transformers(name_or_path: str, chat_template_file: str | None = 
             f"{name_or_path!r} loads as a slow tokenizer ({type(hf).__name__}); sftdata needs a fast one "
             "(a tokenizer.json, or sentencepiece installed so transformers can convert tokenizer.model)"
         )
-    if chat_template_file:
-        template, source = Path(chat_template_file).read_text(encoding="utf-8"), f"file:{chat_template_file}"
-    else:
-        template, source = hf.chat_template, "tokenizer"
-        if isinstance(template, dict):  # named templates: the default one is what apply_chat_template uses
-            template = template.get("default")
-    if not template:
-        raise TokenizerError(
-            f"the tokenizer {name_or_path!r} has no chat template: pass one with --chat-template FILE "
-            "(a Jinja file, as in a tokenizer_config.json's `chat_template`)"
-        )
+    template = hf.chat_template
+    if isinstance(template, dict):  # named templates: the default one is what apply_chat_template uses
+        template = template.get("default")
     special_map = {
         key: value
         for key in ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -176,8 +178,8 @@ def _load_with_transformers(name_or_path: str, chat_template_file: str | None = 
     )
     return ModelTokenizer(
         backend=backend,
-        chat_template=template,
-        template_source=source,
+        chat_template=template or "",
+        template_source="tokenizer",
         special_tokens_map=special_map,
         special_texts=tuple(sorted(specials)),
         prefix_ids=prefix,

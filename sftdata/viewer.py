@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .stats import BuildData
-from .tokenizer import tokenizer_fingerprint
+from .tokenizer import load_tokenizer
 
 # -- token ids to readable pieces ------------------------------------------------------------------------
 
@@ -119,7 +119,7 @@ def load_vocab(manifest: dict, tokenizer: str | None = None) -> tuple[Vocab | No
         return None, "the manifest names no tokenizer; showing token ids"
     expected = manifest.get("tokenizer", {}).get("fingerprint")
     try:
-        backend, fingerprint = _load_backend(str(name), expected)
+        backend, fingerprint = _load_backend(str(name))
     except Exception as err:  # transformers raises many kinds; all mean "not loadable here"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return None, f"cannot load the tokenizer {name!r} ({first}); showing token ids"
@@ -129,25 +129,10 @@ def load_vocab(manifest: dict, tokenizer: str | None = None) -> tuple[Vocab | No
     return Vocab(backend, str(name)), None
 
 
-def _load_backend(name: str, expected: str | None):
-    """(backend, fingerprint): tokenizer.json directly when it is what the build used (fast: no
-    transformers import), else the backend transformers builds from the folder, as the build does;
-    never from the network."""
-    import tokenizers
-
-    file = Path(name) / "tokenizer.json"
-    if file.is_file():
-        backend = tokenizers.Tokenizer.from_file(str(file))
-        fingerprint = tokenizer_fingerprint(backend)
-        if fingerprint == expected:
-            return backend, fingerprint
-    from transformers import AutoTokenizer
-
-    hf = AutoTokenizer.from_pretrained(name, local_files_only=True)
-    backend = getattr(hf, "backend_tokenizer", None)
-    if backend is None:
-        raise ValueError(f"{type(hf).__name__} is a slow tokenizer")
-    return backend, tokenizer_fingerprint(backend)
+def _load_backend(name: str):
+    """(backend, fingerprint) of the tokenizer as the build loads it (cached after the build, so fast)."""
+    tok = load_tokenizer(name, require_template=False)
+    return tok.backend, tok.fingerprint
 
 
 class IdsVocab:
