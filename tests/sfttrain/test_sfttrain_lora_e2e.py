@@ -27,12 +27,12 @@ def _conversations(path, count=48):
             f.write(json.dumps({"messages": messages}) + "\n")
 
 
-def _build(tmp_path, model_dir):
+def _build(tmp_path, model_dir, pack):
     """The real `sftdata build` CLI (the project's own builder), on a tiny tokenizer with a chat template."""
     _conversations(tmp_path / "chats.jsonl")
     out = tmp_path / "shards"
     cmd = [sys.executable, "-m", "sftdata", "build", str(tmp_path / "chats.jsonl"), "--tokenizer", str(model_dir),
-           "--out", str(out), "--max-length", "128", "--workers", "1", "--quiet"]
+           "--out", str(out), "--max-length", "128", "--workers", "1", "--quiet", *(["--pack"] if pack else [])]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return out
@@ -50,31 +50,37 @@ def _mean_loss(model, loader, steps):
     return total / targets
 
 
-def test_lora_trains_saves_and_reloads(tmp_path, model_dir):
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "unpacked"])
+def test_lora_trains_saves_and_reloads(tmp_path, model_dir, pack):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    shards = _build(tmp_path, model_dir)
+    shards = _build(tmp_path, model_dir, pack)
     config = tmp_path / "run.yaml"
     config.write_text(f"data: {shards}\nmodel: {model_dir}\nlora_r: 8\nlora_target_modules: [q_proj, v_proj, "
                       "o_proj, gate_proj, up_proj, down_proj]\nlr: 0.01\nwarmup_steps: 2\n")
     run = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--out", str(run), "--batch-size", "8", "--epochs", "8",
-                 "--lora-dropout", "0", "--no-progress"]) == 0
+    batch_size = 4 if pack else 8  # packed: ~20 rows of <= 128 tokens
+    assert main(["train", "--config", str(config), "--out", str(run), "--batch-size", str(batch_size),
+                 "--epochs", "8", "--lora-dropout", "0", "--no-progress"]) == 0
 
+    loader = ShardLoader(shards, tokenizer_fingerprints=tokenizer_fingerprints(model_dir), model_dir=model_dir,
+                         batch_size=batch_size)
+    documents_per_row = [len(loader.store.row(i).seq_lens) for i in range(len(loader.store))]
+    assert loader.packed == pack and (max(documents_per_row) > 1) == pack
+    epoch = loader.steps_per_epoch
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(losses) == 48  # 48 rows / 8 = 6 steps an epoch, 8 epochs
-    assert np.mean(losses[-6:]) < np.mean(losses[:6]) - 0.3  # a frozen random 32-wide Llama learns slowly
-    assert (run / "config.yaml").exists() and (run / "checkpoints" / "latest").read_text().strip() == "step-00000048"
+    assert len(losses) == 8 * epoch
+    assert np.mean(losses[-epoch:]) < np.mean(losses[:epoch]) - 0.3  # a frozen random 32-wide Llama learns slowly
+    assert (run / "config.yaml").exists()
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{8 * epoch:08d}"
 
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa")
-    loader = ShardLoader(shards, tokenizer_fingerprints=tokenizer_fingerprints(model_dir), model_dir=model_dir,
-                         batch_size=8)
-    before = _mean_loss(base, loader, 6)
+    before = _mean_loss(base, loader, epoch)
     tuned = PeftModel.from_pretrained(base, str(run / "model")).eval()
     assert sorted(tuned.peft_config["default"].target_modules) == sorted(
         ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     loader.load_state_dict({"seed": 0, "epoch": 0, "step": 0})
-    after = _mean_loss(tuned, loader, 6)
+    after = _mean_loss(tuned, loader, epoch)
     assert after < before - 0.3
-    assert after == pytest.approx(np.mean(losses[-6:]), abs=0.02)  # the last epoch's loss, as training reported it
+    assert after == pytest.approx(np.mean(losses[-epoch:]), abs=0.02)  # the last epoch's loss, as training reported it
