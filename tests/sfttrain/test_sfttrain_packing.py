@@ -127,3 +127,45 @@ def test_a_target_at_a_document_start_is_dropped_with_a_warning(docs):
 def test_an_empty_batch_has_no_targets():
     batch = collate([])
     assert batch.num_targets == 0 and batch.num_tokens == 0 and batch.input_ids.shape == (1, 1)
+
+
+@pytest.fixture
+def varlen_kernel():
+    """A stand-in for flash-attention's varlen kernel (none runs on CPU): causal SDPA per cu_seq_lens segment.
+
+    Registered with transformers' AttentionInterface, so the model calls it exactly where it would call
+    flash_attention_2, with whatever keyword arguments transformers forwards to that kernel.
+    """
+    from transformers import AttentionInterface
+
+    calls = []
+
+    def varlen(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        cu = kwargs["cu_seq_lens_q"]
+        assert attention_mask is None and torch.equal(cu, kwargs["cu_seq_lens_k"]) and query.shape[0] == 1
+        calls.append(cu.tolist())
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+        bounds = cu.tolist()
+        out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling)
+            for s, e in zip(bounds, bounds[1:])], dim=2)
+        return out.transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register("sfttrain_test_varlen", varlen)
+    yield calls
+    del AttentionInterface._global_mapping["sfttrain_test_varlen"]
+
+
+def test_flash_layout_reaches_a_varlen_kernel_and_is_exact(model_dir, docs, varlen_kernel):
+    """What the trainer hands flash_attention_2 (one flat row, cu_seq_lens) trains each document alone."""
+    model, reference = _model(model_dir, "sfttrain_test_varlen"), _model(model_dir, "sdpa")
+    flat = collate([join(docs[:3]), join(docs[3:])], flat=True)
+    with torch.no_grad():
+        kwargs = attention_kwargs(flat.seq_lens, flat.position_ids, "flash_attention_2")
+        losses = token_losses(model(input_ids=flat.input_ids, use_cache=False, **kwargs).logits, flat.labels)
+        alone = [_losses(reference, collate([d]), "sdpa").sum() for d in docs]
+    bounds = np.cumsum([0] + [len(d.input_ids) for d in docs]).tolist()
+    assert varlen_kernel and all(call == bounds for call in varlen_kernel)  # every layer got the boundaries
+    per_doc = [losses[0, s:e].sum() for s, e in zip(bounds, bounds[1:])]
+    torch.testing.assert_close(torch.stack(per_doc), torch.stack(alone), rtol=1e-5, atol=1e-5)
