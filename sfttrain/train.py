@@ -162,7 +162,9 @@ def setup(cfg: TrainConfig) -> Run:
         bucket_batches=cfg.bucket_batches, flat=attention == "flash_attention_2",
     )
     total_steps = cfg.max_steps or cfg.epochs * loader.steps_per_epoch
-    model = wrap_distributed(load_model(cfg, attention, device, checkpoint), cfg, device, world_size)
+    model = load_model(cfg, attention, device, checkpoint)
+    sizes = count_parameters(model)  # before FSDP shards it
+    model = wrap_distributed(model, cfg, device, world_size)
     torch.manual_seed(cfg.seed + rank)  # dropout differs across ranks; restored from the checkpoint on resume
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -173,22 +175,28 @@ def setup(cfg: TrainConfig) -> Run:
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16) if bf16 else nullcontext
     log = MetricsLog(out, rank == 0, total_steps, step, cfg.progress)
+    run = Run(cfg, model, optimizer, scheduler, loader, attention, autocast, device, world_size, step, total_steps,
+              log)
     if rank == 0:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        trainable, total = count_parameters(model)
-        counts = loader.manifest.get("counts", {})
-        log.print("sfttrain settings:\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
-        log.print(
-            f"data: {len(loader.store):,} rows ({'packed' if loader.packed else 'unpacked'}), "
-            f"{int(loader.store.lengths.sum()):,} tokens, manifest counts {counts}\n"
-            f"world: {world_size} x {device.type}, attention {attention}, {'bf16 autocast' if bf16 else 'fp32'}; "
-            f"{loader.steps_per_epoch} steps per epoch, {total_steps} steps to run\n"
-            f"parameters: {trainable:,} trainable of {total:,}"
-            + (f"\nresuming from {checkpoint} at step {step}" if checkpoint else "")
-            + ("\n--resume: no checkpoint yet, starting at step 0" if cfg.resume and not checkpoint else "")
-        )
-    return Run(cfg, model, optimizer, scheduler, loader, attention, autocast, device, world_size, step, total_steps,
-               log)
+        describe(run, sizes, bf16, checkpoint)
+    return run
+
+
+def describe(run: Run, sizes: tuple[int, int], bf16: bool, checkpoint: Path | None) -> None:
+    """The settings and what they resolved to, printed once at the start."""
+    cfg, loader = run.cfg, run.loader
+    counts = ", ".join(f"{k} {v:,}" for k, v in loader.manifest.get("counts", {}).items() if isinstance(v, int))
+    resumed = f"resuming from {checkpoint} at step {run.step}" if checkpoint else (
+        "--resume: no checkpoint yet, starting at step 0" if cfg.resume else "starting at step 0")
+    run.log.print("sfttrain settings:\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+    run.log.print(
+        f"data: {len(loader.store):,} rows ({'packed' if loader.packed else 'unpacked'}), "
+        f"{int(loader.store.lengths.sum()):,} tokens; manifest: {counts}\n"
+        f"world: {run.world_size} x {run.device.type}, attention {run.attention}, "
+        f"{'bf16 autocast' if bf16 else 'fp32'}; {loader.steps_per_epoch} steps per epoch, {run.total_steps} to run\n"
+        f"parameters: {sizes[0]:,} trainable of {sizes[1]:,}\n{resumed}"
+    )
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
