@@ -75,7 +75,7 @@ def read_raw(build: Path) -> int:
     manifest, tokens = json.loads((build / MANIFEST).read_text()), 0
     for shard in manifest["shards"]:
         for batch in open_shard(build / shard["name"]).to_batches():
-            ids, mask, lens = (torch.from_numpy(batch.column(c).values.to_numpy().astype(np.int64))
+            ids, _mask, _lens = (torch.from_numpy(batch.column(c).values.to_numpy().astype(np.int64))
                                for c in ("input_ids", "loss_mask", "seq_lens"))
             tokens += len(ids)
     return tokens

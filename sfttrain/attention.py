@@ -25,7 +25,7 @@ SDPA gets the boolean mask (True = attend), eager an additive one (0 or the dtyp
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

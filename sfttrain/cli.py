@@ -20,7 +20,7 @@ def _add_setting(parser: argparse.ArgumentParser, f) -> None:
     default = f.default if f.default is not MISSING else f.default_factory()
     flag = "--" + f.name.replace("_", "-")
     shown = "required" if default == "" else f"default: {default}"
-    kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata['help']} ({shown})")
+    kw = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{f.metadata['help']} ({shown})"}
     if hint is bool:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
     elif typing.get_origin(hint) is list:

@@ -36,7 +36,7 @@ class TrainConfig:
     lora_r: int = _setting(16, "LoRA rank")
     lora_alpha: float = _setting(32.0, "LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = _setting(0.05, "dropout on the LoRA input")
-    lora_target_modules: list[str] = _setting(
+    lora_target_modules: list[str] = _setting(  # noqa: RUF009 (_setting returns a dataclass field)
         ["all-linear"], "module names to adapt, or all-linear (every linear layer but the output head)"
     )
 

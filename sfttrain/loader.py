@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class Batch:
     rows: np.ndarray  # global row indices in the build (empty for a filler batch)
 
     def to(self, device) -> Batch:
-        move = dict(device=device, non_blocking=True)
+        move = {"device": device, "non_blocking": True}
         return Batch(self.input_ids.to(**move), self.labels.to(**move), self.position_ids.to(**move),
                      self.seq_lens, self.num_tokens, self.num_targets, self.rows)
 

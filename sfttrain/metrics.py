@@ -22,7 +22,7 @@ class MetricsLog:
                 kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                         if line.strip() and json.loads(line)["step"] <= start_step]
                 path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            self._file = open(path, "a", encoding="utf-8")
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open for the run, closed in close())
         self._bar = None
         if enabled and progress:
             self._bar = Progress(

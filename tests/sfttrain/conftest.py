@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # sfttrain_helpers, also for the
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from sfttrain_helpers import make_model, make_tokenizer, pack, random_docs, write_build  # noqa: E402
+from sfttrain_helpers import make_model, make_tokenizer, pack, random_docs, write_build
 
 
 @pytest.fixture(scope="session")

@@ -42,8 +42,7 @@ def make_tokenizer(folder: Path) -> None:
 def make_model(folder: Path, hidden: int = 32, layers: int = 2) -> None:
     """A tiny random Llama beside the tokenizer already in `folder`."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     vocab = len(AutoTokenizer.from_pretrained(str(folder)))
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from sfttrain_helpers import random_docs, write_build
 
 from sftdata.shards import iter_rows, open_build
 from sfttrain.loader import RowStore, ShardLoader, plan_epoch, rank_batch_ids
-from sfttrain_helpers import random_docs, write_build
 
 
 def _loader(build, fingerprint, model_dir, **kw):

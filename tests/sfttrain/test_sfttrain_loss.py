@@ -8,13 +8,13 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import torch
+from sfttrain_helpers import join, random_docs, write_build
 
 from sfttrain.attention import attention_kwargs
 from sfttrain.config import TrainConfig
 from sfttrain.loader import collate
 from sfttrain.loss import loss_sum
 from sfttrain.train import forward_backward, train
-from sfttrain_helpers import join, random_docs, write_build
 
 
 def _model(model_dir):

@@ -11,8 +11,8 @@ from sfttrain.train import train
 
 
 def _run(out, build, model_dir, **overrides) -> list[float]:
-    settings = dict(data=str(build), model=str(model_dir), out=str(out), batch_size=3, grad_accum=2, max_steps=3,
-                    lr=1e-2, lora_dropout=0.0, progress=False)
+    settings = {"data": str(build), "model": str(model_dir), "out": str(out), "batch_size": 3, "grad_accum": 2,
+                "max_steps": 3, "lr": 1e-2, "lora_dropout": 0.0, "progress": False}
     train(TrainConfig(**{**settings, **overrides}))
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
+from sfttrain_helpers import join, random_docs
 
 from sfttrain.attention import attention_kwargs, block_causal_mask, position_ids
 from sfttrain.loader import PAD_ID, collate
 from sfttrain.loss import IGNORE_INDEX, token_losses
-from sfttrain_helpers import join, random_docs
 
 
 def test_position_ids_restart_at_each_document():
@@ -149,7 +151,7 @@ def varlen_kernel():
         bounds = cu.tolist()
         out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
             query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling)
-            for s, e in zip(bounds, bounds[1:])], dim=2)
+            for s, e in pairwise(bounds)], dim=2)
         return out.transpose(1, 2).contiguous(), None
 
     AttentionInterface.register("sfttrain_test_varlen", varlen)
@@ -167,5 +169,5 @@ def test_flash_layout_reaches_a_varlen_kernel_and_is_exact(model_dir, docs, varl
         alone = [_losses(reference, collate([d]), "sdpa").sum() for d in docs]
     bounds = np.cumsum([0] + [len(d.input_ids) for d in docs]).tolist()
     assert varlen_kernel and all(call == bounds for call in varlen_kernel)  # every layer got the boundaries
-    per_doc = [losses[0, s:e].sum() for s, e in zip(bounds, bounds[1:])]
+    per_doc = [losses[0, s:e].sum() for s, e in pairwise(bounds)]
     torch.testing.assert_close(torch.stack(per_doc), torch.stack(alone), rtol=1e-5, atol=1e-5)

@@ -26,9 +26,9 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, packed_build, model
     # 31 packed rows in batches of 4, 2 micro-batches a step: 4 steps an epoch. The checkpoint at step 3 is
     # mid-epoch; the run dies at step 6 and the resumed one redoes 4-7 across the epoch boundary, logging each
     # step once. LoRA dropout checks that the RNG state comes back too.
-    settings = dict(data=str(packed_build), model=str(model_dir), batch_size=4, grad_accum=2, max_steps=7,
-                    checkpoint_every=3, lr=1e-2, warmup_steps=2, lora_dropout=0.1, finetune=finetune,
-                    progress=False, seed=11)
+    settings = {"data": str(packed_build), "model": str(model_dir), "batch_size": 4, "grad_accum": 2,
+                "max_steps": 7, "checkpoint_every": 3, "lr": 1e-2, "warmup_steps": 2, "lora_dropout": 0.1,
+                "finetune": finetune, "progress": False, "seed": 11}
     train(TrainConfig(out=str(tmp_path / "straight"), **settings))
 
     real_save = train_module.save_checkpoint

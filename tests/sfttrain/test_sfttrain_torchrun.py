@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torchrun_worker import settings
 
 from sfttrain.loader import RowStore
 from sfttrain.train import train
-from torchrun_worker import settings
 
 WORKER = Path(__file__).with_name("torchrun_worker.py")
 

@@ -24,8 +24,8 @@ from sfttrain.train import init_distributed, train
 
 def settings(build: str, model: str, out: str, **overrides) -> TrainConfig:
     """Shared with the test: what the two-rank runs and the one-process reference train with."""
-    base = dict(data=build, model=model, out=out, batch_size=2, grad_accum=1, max_steps=4, lr=1e-2,
-                lora_dropout=0.0, checkpoint_every=2, progress=False, seed=5)
+    base = {"data": build, "model": model, "out": out, "batch_size": 2, "grad_accum": 1, "max_steps": 4, "lr": 1e-2,
+            "lora_dropout": 0.0, "checkpoint_every": 2, "progress": False, "seed": 5}
     return TrainConfig(**{**base, **overrides})
 
 
