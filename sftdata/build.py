@@ -57,8 +57,8 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     if (out_dir / MANIFEST).exists() and not overwrite:
         raise BuildError(f"{out_dir} already holds a build (manifest.json); pass --overwrite to replace it")
     (out_dir / MANIFEST).unlink(missing_ok=True)  # first, so a killed rebuild never looks complete
-    for path in old:
-        path.unlink(missing_ok=True)
+    for path in old:  # shards, rejects, and what a killed build left (temp files, the packing spill)
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 class _InputTally:

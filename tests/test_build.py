@@ -211,6 +211,16 @@ def test_cli_refuses_to_overwrite_and_explains_tokenizer_problems(tmp_path, caps
     assert not (tmp_path / "o2" / "manifest.json").exists()
 
 
+def test_a_rebuild_clears_what_a_killed_build_left(tmp_path):
+    out = tmp_path / "o"
+    (out / ".spill.tmp").mkdir(parents=True)
+    (out / ".spill.tmp" / "shard-00000.arrow.tmp").write_bytes(b"partial")
+    (out / "shard-00007.arrow.tmp").write_bytes(b"partial")
+    manifest = build([DATA / "alpaca.json"], out, BuildConfig(tokenizer=CHATML, pack=True, max_length=256))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.json", "rejects.jsonl"] + [s["name"] for s in manifest["shards"]])
+
+
 def test_a_failed_build_leaves_no_manifest(tmp_path, monkeypatch):
     build([DATA / "alpaca.json"], tmp_path / "o", BuildConfig(tokenizer=CHATML))
     import sftdata.build as build_module
