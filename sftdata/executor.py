@@ -1,7 +1,11 @@
 """Running batches: in this process, or in a pool of worker processes with a bounded window.
 
+Each worker (this process, or each pool process) keeps two cores busy: its Python work (rendering,
+masking) overlaps the encoding of the batch before, which runs in a thread with the GIL released. So
+the default is one worker per two cores.
+
 Results come back in input order whatever the number of workers, so the same inputs give the same
-shards. At most `2 * workers` batches are in flight, so memory does not grow with the dataset.
+shards. A bounded number of tasks is in flight, so memory does not grow with the dataset.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import itertools
 import multiprocessing
 import os
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Iterable, Iterator
 
 from .config import BuildConfig
@@ -18,39 +22,60 @@ from .pipeline import BatchResult, Worker
 from .sources import RawRecord
 from .tokenizer import ModelTokenizer
 
+BATCHES_PER_TASK = 4  # enough for a pool worker to overlap rendering with encoding inside a task
+
 _worker: Worker | None = None
 
 
 def _init_worker(config: BuildConfig, tokenizer: ModelTokenizer) -> None:
-    # each worker is one core's worth of work: the tokenizer's own thread pool would oversubscribe
+    # the worker's own encoding thread is its second core: the tokenizer's thread pool would oversubscribe
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     global _worker
     _worker = Worker(config, tokenizer)
 
 
-def _process(batch: list[RawRecord]) -> BatchResult:
-    return _worker.process(batch)
+def _process(task: list[list[RawRecord]]) -> list[BatchResult]:
+    return list(overlapped(_worker, task))
 
 
 def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // 2)
+
+
+def overlapped(worker: Worker, batches: Iterable[list[RawRecord]]) -> Iterator[BatchResult]:
+    """Batch k+1 is rendered, and batch k masked, while batch k+1 encodes in a thread."""
+    with ThreadPoolExecutor(1) as encoder:
+        pending = None
+        for batch in batches:
+            prepared = worker.prepare(batch)
+            done = pending.result() if pending is not None else None
+            pending = encoder.submit(worker.encode, prepared)
+            if done is not None:
+                yield worker.finish(done)
+        if pending is not None:
+            yield worker.finish(pending.result())
+
+
+def _tasks(batches: Iterator[list[RawRecord]]) -> Iterator[list[list[RawRecord]]]:
+    while task := list(itertools.islice(batches, BATCHES_PER_TASK)):
+        yield task
 
 
 def run_batches(batches: Iterable[list[RawRecord]], config: BuildConfig, local: Worker,
                 workers: int) -> Iterator[BatchResult]:
-    batches = iter(batches)
+    tasks = _tasks(iter(batches))
     window = 2 * workers
-    head = list(itertools.islice(batches, window))
+    head = list(itertools.islice(tasks, window))
     if workers <= 1 or len(head) < window:  # small inputs: starting processes would cost more than it saves
-        for batch in itertools.chain(head, batches):
-            yield local.process(batch)
+        yield from overlapped(local, itertools.chain.from_iterable(itertools.chain(head, tasks)))
         return
     context = multiprocessing.get_context("spawn")  # fork after the tokenizer's threads ran can deadlock
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(config, local.tokenizer)) as pool:
-        pending = deque(pool.submit(_process, b) for b in head)
-        for batch in batches:
-            yield pending.popleft().result()
-            pending.append(pool.submit(_process, batch))
+        pending = deque(pool.submit(_process, task) for task in head)
+        for task in tasks:
+            yield from pending.popleft().result()
+            pending.append(pool.submit(_process, task))
         while pending:
-            yield pending.popleft().result()
+            yield from pending.popleft().result()

@@ -58,6 +58,7 @@ def verify(rendered: Rendered, tokens: Tokens, mask: np.ndarray, tok: ModelToken
         fail("the document starts with the BOS token twice (template and tokenizer both add it)")
     if n and mask[0]:
         fail("the first token is a target")
+    target_starts = {tokens.span(s.target)[0] for s in rendered.spans if s.target}
     for index, span in enumerate(rendered.spans):
         for r in span.data:
             i, j = tokens.span(r)
@@ -81,9 +82,7 @@ def verify(rendered: Rendered, tokens: Tokens, mask: np.ndarray, tok: ModelToken
                 fail(f"message {index}: the end-of-turn text does not tokenize to its single control token")
             if bool(mask[i]) != train_eot:
                 fail(f"message {index}: the end-of-turn token is {'not ' if train_eot else ''}a target")
-            if train_eot and i + 1 < n and mask[i + 1] and not any(
-                s.target and tokens.span(s.target)[0] == i + 1 for s in rendered.spans
-            ):
+            if train_eot and i + 1 < n and mask[i + 1] and i + 1 not in target_starts:
                 fail(f"message {index}: token {i + 1} after the end-of-turn token is a target")
 
 

@@ -36,6 +36,15 @@ class BatchResult:
     seconds: Counter = field(default_factory=Counter)  # time per stage
 
 
+@dataclass
+class Prepared:
+    """A batch between stages: rendered, then tokenized."""
+
+    result: BatchResult
+    rendered: list[Rendered]
+    tokens: list | None = None
+
+
 class Worker:
     def __init__(self, config: BuildConfig, tokenizer: ModelTokenizer | None = None):
         self.config = config
@@ -72,20 +81,30 @@ class Worker:
         result.counters["comparator_template_not_found"] += not mask.any()
         return Document(rendered.source_id, tokens.ids, mask)
 
-    def process(self, batch: list[RawRecord]) -> BatchResult:
-        result = BatchResult(records=len(batch))
-        cfg = self.config
-        t0 = time.perf_counter()
-        rendered: list[Rendered] = []
+    def prepare(self, batch: list[RawRecord]) -> Prepared:
+        """Parse and render (Python work)."""
+        started = time.perf_counter()
+        prepared = Prepared(BatchResult(records=len(batch)), [])
         for record in batch:
             try:
-                rendered.append(self.render(record))
+                prepared.rendered.append(self.render(record))
             except RecordError as err:
-                result.rejects.append(Reject(record.source_id, err.reason, err.detail))
-        t1 = time.perf_counter()
-        tokens = tokenize(rendered, self.tokenizer)
-        t2 = time.perf_counter()
-        for r, t in zip(rendered, tokens):
+                prepared.result.rejects.append(Reject(record.source_id, err.reason, err.detail))
+        prepared.result.seconds["render"] += time.perf_counter() - started
+        return prepared
+
+    def encode(self, prepared: Prepared) -> Prepared:
+        """One batch encode (the tokenizer's own threads; the GIL is released meanwhile)."""
+        started = time.perf_counter()
+        prepared.tokens = tokenize(prepared.rendered, self.tokenizer)
+        prepared.result.seconds["tokenize"] += time.perf_counter() - started
+        return prepared
+
+    def finish(self, prepared: Prepared) -> BatchResult:
+        """Mask, verify, fit to length (Python work)."""
+        started = time.perf_counter()
+        cfg, result = self.config, prepared.result
+        for r, t in zip(prepared.rendered, prepared.tokens):
             try:
                 doc = self._mask(r, t, result)
                 fitted = fit_length(doc, cfg.max_length, cfg.overlong)
@@ -97,7 +116,9 @@ class Worker:
             result.counters.update(f"documents_with_unrendered_{kind}" for kind in r.unrendered)
             result.counters["truncated"] += fitted[0].truncated
             result.counters["split_pieces"] += len(fitted) - 1
-        t3 = time.perf_counter()
-        result.seconds.update({"render": t1 - t0, "tokenize": t2 - t1, "mask_verify": t3 - t2})
         result.rejects.sort(key=lambda r: r.source_id)
+        result.seconds["mask_verify"] += time.perf_counter() - started
         return result
+
+    def process(self, batch: list[RawRecord]) -> BatchResult:
+        return self.finish(self.encode(self.prepare(batch)))
