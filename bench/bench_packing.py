@@ -13,6 +13,7 @@ relative to the lower bound's fill (= lower-bound rows / rows).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -132,7 +133,7 @@ def main() -> int:
         print(f"no {SHARED / 'datasets'}: synthetic lengths only")
     else:
         lengths, how = real
-        cycled = lambda n, lengths=lengths: np.resize(lengths, n)
+        cycled = functools.partial(np.resize, lengths)  # cycled(n): the lengths repeated to n documents
         sources.append(("real", cycled, how + f", cycled to {DOCS:,} (and {BIG:,} for timing)"))
     sources.append(("synthetic", synthetic_lengths, "synthetic long-tailed mix, seed 0"))
 

@@ -24,7 +24,16 @@ from .config import BuildConfig
 from .executor import default_workers, run_batches
 from .packing import fill_stats, pack_arrays
 from .pipeline import BatchResult, Worker
-from .shards import FORMAT_VERSION, MANIFEST, REJECTS, Row, ShardInfo, ShardWriter, open_shard, write_json_atomic
+from .shards import (
+    FORMAT_VERSION,
+    MANIFEST,
+    REJECTS,
+    Row,
+    ShardInfo,
+    ShardWriter,
+    open_shard,
+    write_json_atomic,
+)
 from .sources import RawRecord, read_inputs
 
 

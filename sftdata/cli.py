@@ -106,7 +106,8 @@ def config_from_args(args) -> BuildConfig:
 
 def run_build(args) -> int:
     from rich.console import Console
-    from rich.progress import Progress as Bar, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .build import BuildError, build
     from .sources import InputError

@@ -18,12 +18,12 @@ from .config import BuildConfig, Masker
 from .conversation import Conversation, Document, Message
 from .formats import to_conversation
 from .masking import make_document
-from .tokens import tokenize
-from .rejects import Reject, RecordError
+from .rejects import RecordError, Reject
 from .sources import RawRecord
 from .spans import Rendered, probe_template, render_conversation
 from .template import ChatTemplate
 from .tokenizer import ModelTokenizer, load_tokenizer
+from .tokens import tokenize
 from .truncation import fit_length
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +17,7 @@ from sftdata.pipeline import Worker
 from sftdata.rejects import Reason
 from sftdata.sources import RawRecord
 
-from .conftest import SHARED, TEMPLATES, fixture_tokenizer, requires_shared, shared_tokenizer
+from .conftest import TEMPLATES, fixture_tokenizer, requires_shared, shared_tokenizer
 from .contract import check_contract
 from .traps import TOOL_CALL, TRAPS, UNTRAINABLE
 

@@ -98,3 +98,4 @@ def test_split_turns_keeps_every_trained_turn_in_pieces(tmp_path):
     assert sum((mask for _, mask in pieces), []) == full[1]
     assert all(mask[0] == 0 for _, mask in pieces)
     assert sorted(documents(tmp_path / "packed")[0]) == sorted(pieces)
+    assert packed["counts"]["documents"] == split["counts"]["documents"]

@@ -97,7 +97,7 @@ def test_tokens_mode_lists_id_mask_and_piece(builds, capsys):
     data = BuildData(builds["plain"])
     (doc,) = data.documents_of(1).tolist()
     _, out, _ = _view(capsys, builds["plain"], "--source-id", 1, "--tokens")
-    lines = [l for l in out.splitlines() if re.match(r"\s+\d+\s+\d+\s", l)]
+    lines = [line for line in out.splitlines() if re.match(r"\s+\d+\s+\d+\s", line)]
     assert len(lines) == data.docs.length[doc]
     ids, mask = data.ids(doc), data.mask(doc)
     for line, tid, m in zip(lines, ids, mask):
