@@ -94,8 +94,10 @@ class _InputTally:
             yield r
 
     def input_of(self, source_id: int) -> int:
-        starts = [s if s is not None else -1 for s in self.first_ids]
-        return bisect.bisect_right(starts, source_id) - 1
+        # inputs are read in order, so a record's input is the last one started at or before its id
+        # (an empty input never starts, and an input not read yet starts after every id seen)
+        seen = [(first, i) for i, first in enumerate(self.first_ids) if first is not None]
+        return seen[bisect.bisect_right(seen, (source_id, len(self.first_ids))) - 1][1]
 
 
 def build(

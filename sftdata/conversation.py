@@ -41,9 +41,11 @@ class Document:
     input_ids: Any  # np.ndarray[int32]
     loss_mask: Any  # np.ndarray[uint8]
     truncated: bool = False
-    # index into the token sequence where each trained assistant turn ends (exclusive); used to cut
-    # over-long documents at turn boundaries without re-tokenizing
+    # token index after each trained turn's end-of-turn token: where an over-long document may be cut
+    # keeping whole trained turns (cut-turns), without tokenizing again
     turn_ends: tuple[int, ...] = field(default=())
+    # token index after every turn: where it may be split into pieces that start at a turn (split-turns)
+    boundaries: tuple[int, ...] = field(default=())
 
     @property
     def num_tokens(self) -> int:

@@ -21,29 +21,30 @@ from .tokenizer import ModelTokenizer
 from .tokens import Tokens
 
 
-def compute_mask(rendered: Rendered, tokens: Tokens) -> tuple[np.ndarray, list[int]]:
-    """The loss mask, and the token index after each trained turn (where a document may be cut)."""
+def compute_mask(rendered: Rendered, tokens: Tokens) -> tuple[np.ndarray, list[int], list[int]]:
+    """The loss mask; the token index after each trained turn (where a document may be cut keeping
+    whole trained turns); and after every turn (where it may be split)."""
     n = len(tokens.ids)
-    turn_ends = []
-    if rendered.train_all:
-        mask = np.ones(n, dtype=np.uint8)
-        for span in rendered.spans:
-            if not span.train:
-                for r in span.data:
-                    i, j = tokens.span(r)
-                    mask[i:j] = 0
-            elif span.data:
-                turn_ends.append(tokens.span((span.data[-1][1] - 1, span.data[-1][1]))[1])
-    else:
-        mask = np.zeros(n, dtype=np.uint8)
-        for span in rendered.spans:
-            if span.target is not None:
-                i, j = tokens.span(span.target)
-                mask[i:j] = 1
-                turn_ends.append(j)
+    mask = np.ones(n, dtype=np.uint8) if rendered.train_all else np.zeros(n, dtype=np.uint8)
+    trained_ends, boundaries = [], []
+    for span in rendered.spans:
+        if span.turn is None:
+            continue
+        turn_end = tokens.span(span.turn)[1]
+        boundaries.append(turn_end)
+        if rendered.train_all:
+            if span.train:
+                trained_ends.append(turn_end)
+            else:  # train: false under --train-on all: the whole turn, header to end-of-turn, is not a target
+                i, j = tokens.span(span.turn)
+                mask[i:j] = 0
+        elif span.target is not None:
+            i, j = tokens.span(span.target)
+            mask[i:j] = 1
+            trained_ends.append(turn_end)
     if n:
         mask[0] = 0
-    return mask, sorted(set(turn_ends))
+    return mask, sorted(set(trained_ends)), sorted(set(boundaries))
 
 
 def verify(rendered: Rendered, tokens: Tokens, mask: np.ndarray, tok: ModelTokenizer, train_eot: bool) -> None:
@@ -87,11 +88,11 @@ def verify(rendered: Rendered, tokens: Tokens, mask: np.ndarray, tok: ModelToken
 
 
 def make_document(rendered: Rendered, tokens: Tokens, tok: ModelTokenizer, train_eot: bool) -> Document:
-    mask, turn_ends = compute_mask(rendered, tokens)
+    mask, turn_ends, boundaries = compute_mask(rendered, tokens)
     verify(rendered, tokens, mask, tok, train_eot)
     if not mask.any():
         why = "no non-empty trained turn"
         if rendered.unrendered:
             why = f"the chat template does not render this record's {' and '.join(rendered.unrendered)} fields"
         raise RecordError(Reason.NO_TRAINABLE_TOKENS, f"no token is a target ({why})")
-    return Document(rendered.source_id, tokens.ids, mask, turn_ends=tuple(turn_ends))
+    return Document(rendered.source_id, tokens.ids, mask, turn_ends=tuple(turn_ends), boundaries=tuple(boundaries))

@@ -33,18 +33,24 @@ class RawRecord:
 
 
 def _jsonl_records(path: Path) -> Iterator[Any]:
-    with open(path, encoding="utf-8", errors="strict", newline="") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(path, "rb") as f:  # bytes, so one line of bad UTF-8 is one bad record, not a stopped build
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark
+            if not raw.strip():
                 continue
             try:
-                yield json.loads(line)
+                yield json.loads(raw.decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 yield RecordError(Reason.MALFORMED, f"{path.name} line {lineno}: invalid JSON ({err})")
 
 
 def _json_records(path: Path) -> Iterator[Any]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        yield from _jsonl_records(path)  # not one valid UTF-8 document: JSON Lines, one bad line at a time
+        return
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

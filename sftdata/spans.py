@@ -18,9 +18,10 @@ Everything found here is re-checked token by token in masking.verify before a do
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .config import SpecialText, TrainOn
 from .conversation import Conversation, Message
@@ -48,9 +49,10 @@ class MessageSpan:
     role: str
     train: bool
     data: tuple[Range, ...]  # where the message's own text landed in the rendering
-    target: Range | None = None  # characters to train: after the header through the end-of-turn token
-    header: Range | None = None  # the header found right before a trained turn
-    eot: Range | None = None  # the end-of-turn token text that closes a trained turn
+    turn: Range | None = None  # what the turn generates: after its header through its end-of-turn token
+    target: Range | None = None  # characters to train (the turn; without the end-of-turn if that is off)
+    header: Range | None = None  # the header right before a trained assistant turn, checked untrained
+    eot: Range | None = None  # the end-of-turn token text closing a trained turn, checked trained
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +129,13 @@ class _Wrapper:
     def __init__(self):
         self.owner: list[int] = []
         self.kind: list[str] = []
+        self.unmarked: set[int] = set()  # messages with a field past the sentinel supply: located by difference
 
     def __call__(self, text: str, message_index: int, kind: str = "content") -> str:
-        if not text or len(self.owner) >= MAX_FIELDS:
+        if not text:
+            return text
+        if len(self.owner) >= MAX_FIELDS:
+            self.unmarked.add(message_index)
             return text
         k = len(self.owner)
         self.owner.append(message_index)
@@ -144,6 +150,17 @@ def _plain(text: str, _index: int, _kind: str = "content") -> str:
     return text
 
 
+def _mark_arguments(arguments, mark, i: int):
+    """Tool-call arguments with every string value marked (keys stay as they are)."""
+    if isinstance(arguments, str):
+        return mark(arguments, i, "tool_call")
+    if isinstance(arguments, dict):
+        return {k: _mark_arguments(v, mark, i) for k, v in arguments.items()}
+    if isinstance(arguments, list):
+        return [_mark_arguments(v, mark, i) for v in arguments]
+    return arguments
+
+
 def template_messages(messages: Sequence[Message], wrap=_plain, only: int | None = None) -> list[dict]:
     """Messages as chat templates expect them; `wrap` marks fields (of message `only`, if given)."""
     out = []
@@ -154,7 +171,8 @@ def template_messages(messages: Sequence[Message], wrap=_plain, only: int | None
             d["reasoning_content"] = mark(m.reasoning, i, "reasoning")
         if m.tool_calls:
             d["tool_calls"] = [
-                {"type": "function", "function": {"name": mark(c.name, i, "tool_call"), "arguments": c.arguments},
+                {"type": "function", "function": {"name": mark(c.name, i, "tool_call"),
+                                                  "arguments": _mark_arguments(c.arguments, mark, i)},
                  **({"id": c.id} if c.id else {})}
                 for c in m.tool_calls
             ]
@@ -218,7 +236,7 @@ def _difference_region(text: str, changed: str) -> list[Range]:
     return [(prefix, len(text) - suffix)]
 
 
-def _perturbed(text: str, _index: int) -> str:
+def _perturbed(text: str, _index: int, _kind: str = "content") -> str:
     # a private-use character differs from every real character, so the difference covers the field
     return "\U000F0000" if text else text
 
@@ -246,15 +264,18 @@ def _neighbours(regions: list[list[Range]], i: int, text_len: int) -> tuple[int,
     return lo, hi
 
 
-def _target(text: str, message: Message, data: list[Range], lo: int, hi: int, facts: TemplateFacts,
-            generation: tuple[Range, ...], train_eot: bool) -> tuple[Range, Range | None, Range | None]:
+def _turn(text: str, message: Message, data: list[Range], lo: int, hi: int, facts: TemplateFacts,
+          generation: tuple[Range, ...]) -> tuple[Range, Range | None, Range | None]:
+    """(turn, header, end-of-turn) of a message: the header and generation blocks are an assistant's."""
     start, end = min(r[0] for r in data), max(r[1] for r in data)
-    block = next(((a, b) for a, b in generation if a <= start < b or (lo <= a and b <= hi and a < end)), None)
+    assistant = message.role == "assistant"
+    block = next(((a, b) for a, b in generation if a <= start < b or (lo <= a and b <= hi and a < end)),
+                 None) if assistant else None
     header = None
     if block is not None:
         t_start, t_end = block
     else:
-        h = text.rfind(facts.header, lo, start) if facts.header else -1
+        h = text.rfind(facts.header, lo, start) if facts.header and assistant else -1
         if h >= 0:
             header = (h, h + len(facts.header))
             t_start = header[1]
@@ -270,9 +291,7 @@ def _target(text: str, message: Message, data: list[Range], lo: int, hi: int, fa
         k = text.find(facts.end_of_turn, end, hi)
         if k >= 0:
             eot = (k, k + len(facts.end_of_turn))
-            t_end = max(t_end, eot[1] if train_eot else k)
-        if not train_eot and block is not None and eot is not None:
-            t_end = min(t_end, eot[0])
+            t_end = max(t_end, eot[1])
     return (t_start, t_end), header, eot
 
 
@@ -300,6 +319,8 @@ def render_conversation(
     n = len(messages)
     clean = not _PRIVATE.search(text) and _SENTINEL.sub("", marked) == text
     regions, found = _sentinel_regions(marked, wrap.owner, n) if clean else ([None] * n, set())
+    for i in wrap.unmarked:
+        regions[i] = None
     unrendered = tuple(sorted({wrap.kind[k] for k in range(len(wrap.owner)) if k not in found})) if clean else ()
     method = "generation" if rendered.generation else "sentinel"
     try:
@@ -315,12 +336,16 @@ def render_conversation(
         data = sorted(data)
         if train and m.role == "assistant" and _is_empty_turn(m):
             train = False  # nothing to learn but "stop at once"; counted as an untrained turn
-        if not train or not data or train_on is TrainOn.ALL:
-            spans.append(MessageSpan(m.role, train and bool(data), tuple(data)))
+        if not data:
+            spans.append(MessageSpan(m.role, False, ()))
             continue
         lo, hi = _neighbours(regions, i, len(text))
-        target, header, eot = _target(text, m, data, lo, hi, facts, rendered.generation, train_eot)
-        spans.append(MessageSpan(m.role, True, tuple(data), target, header, eot))
+        turn, header, eot = _turn(text, m, data, lo, hi, facts, rendered.generation)
+        if not train or train_on is TrainOn.ALL:  # under --train-on all the mask starts from every token
+            spans.append(MessageSpan(m.role, train, tuple(data), turn))
+            continue
+        target = (turn[0], eot[0] if eot and not train_eot else turn[1])
+        spans.append(MessageSpan(m.role, True, tuple(data), turn, target, header, eot))
 
     literal = ()
     if special_pattern is not None and special_text is SpecialText.LITERAL:
@@ -332,9 +357,18 @@ def render_conversation(
     return Rendered(conv.source_id, text, tuple(spans), method, literal, train_on is TrainOn.ALL, unrendered)
 
 
+def _fields(m: Message) -> Iterator[tuple[str, str]]:
+    yield "content", m.content
+    yield "reasoning", m.reasoning or ""
+    for call in m.tool_calls:
+        arguments = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments,
+                                                                                     ensure_ascii=False)
+        yield "tool call", call.name + " " + arguments
+
+
 def _reject_special_text(messages: Sequence[Message], pattern: re.Pattern) -> None:
     for i, m in enumerate(messages):
-        for field, value in (("content", m.content), ("reasoning", m.reasoning or "")):
+        for field, value in _fields(m):
             found = pattern.search(value)
             if found:
                 raise RecordError(

@@ -35,15 +35,16 @@ def _piece(doc: Document, start: int, end: int) -> Document:
     mask = doc.loss_mask[start:end].copy()
     mask[0] = 0  # a piece's first token has nothing of its own before it to be predicted from
     return Document(doc.source_id, doc.input_ids[start:end], mask, truncated=True,
-                    turn_ends=tuple(e - start for e in doc.turn_ends if start < e <= end))
+                    turn_ends=tuple(e - start for e in doc.turn_ends if start < e <= end),
+                    boundaries=tuple(e - start for e in doc.boundaries if start < e <= end))
 
 
 def split_turns(doc: Document, max_length: int) -> list[Document]:
-    """Consecutive pieces, each ending at a turn boundary where one fits; a single turn longer than
-    max_length is cut at max_length. Pieces after the first start mid-conversation, without the
-    turns before them."""
+    """Consecutive pieces of whole turns, each as long as fits; a single turn longer than max_length is
+    cut at max_length. A piece after the first starts at a turn (a user turn, as a rule) without the
+    turns before it; pieces with nothing to train are left out."""
     pieces, start, n = [], 0, doc.num_tokens
-    ends = [e for e in doc.turn_ends if e < n] + [n]
+    ends = sorted(set(e for e in doc.boundaries if e < n) | {n})
     while start < n:
         fitting = [e for e in ends if start < e <= start + max_length]
         end = fitting[-1] if fitting else start + max_length
