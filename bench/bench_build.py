@@ -3,8 +3,10 @@
 
 The corpus is every conversation in ../shared/datasets (all formats), cycled to the requested size as
 one JSONL file per source. The floor is what cannot be avoided: rendering each conversation once with
-the chat template plus one batch encode with offsets, in one process. Every figure is measured in
-this run, each configuration in a fresh process, and printed as a ratio against that floor.
+the chat template plus one batch encode with offsets, in one process. When `trl` is installed, its own
+SFT preparation of the same conversations (assistant-only loss, best-fit-decreasing packing, 2
+processes) is measured too. Every figure is measured in this run, each configuration in a fresh
+process, and printed as a ratio against that floor.
 """
 
 from __future__ import annotations
@@ -70,6 +72,38 @@ def run_floor(paths: list[Path]) -> dict:
     return {"seconds": time.perf_counter() - started, "tokens": tokens}
 
 
+def run_trl(paths: list[Path]) -> dict:
+    """TRL's own SFT preparation of the same conversations: its chat template rendering, tokenization,
+    assistant-only masks (TRL swaps in its training template for Llama 3) and best-fit-decreasing
+    packing, with 2 processes. Timed around SFTTrainer's construction, which prepares the dataset."""
+    import datasets
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from sftdata.formats import to_conversation
+    from sftdata.rejects import RecordError
+    from sftdata.sources import read_inputs
+
+    rows = []
+    for record in read_inputs(paths):
+        try:
+            conversation = to_conversation(record.data, record.source_id, record.format)
+        except RecordError:
+            continue
+        rows.append({"messages": [{"role": m.role, "content": m.content} for m in conversation.messages]})
+    dataset = datasets.Dataset.from_list(rows)
+    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    args = SFTConfig(output_dir=tempfile.mkdtemp(), assistant_only_loss=True, packing=True, packing_strategy="bfd",
+                     max_length=MAX_LENGTH, dataset_num_proc=2, report_to=[], bf16=False, use_cpu=True,
+                     disable_tqdm=True)
+    started = time.perf_counter()
+    trainer = SFTTrainer(model=tiny, args=args, train_dataset=dataset, processing_class=tokenizer)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "tokens": sum(len(ids) for ids in trainer.train_dataset["input_ids"])}
+
+
 def run_build(paths: list[Path], workers: int, pack: bool, out: Path) -> dict:
     from sftdata.build import build
     from sftdata.config import BuildConfig
@@ -100,7 +134,12 @@ def _child(request: str) -> None:
     spec = json.loads(request)
     paths = [Path(p) for p in spec.pop("paths")]
     kind = spec.pop("kind")
-    result = run_floor(paths) if kind == "floor" else run_build(paths, out=Path(spec.pop("out")), **spec)
+    if kind == "floor":
+        result = run_floor(paths)
+    elif kind == "trl":
+        result = run_trl(paths)
+    else:
+        result = run_build(paths, out=Path(spec.pop("out")), **spec)
     print(json.dumps(result))
 
 
@@ -134,6 +173,12 @@ def main() -> None:
             f"sftdata build, unpacked, default ({default} worker)": measure("build", paths, workers=0, pack=False,
                                                                          out=str(tmp / "o4")),
         }
+        try:
+            import trl
+
+            rows[f"TRL {trl.__version__} SFTTrainer preparation, 2 processes"] = measure("trl", paths, repeat=1)
+        except ImportError:
+            print("TRL is not installed: its row is left out (pip install trl to compare)")
         floor = rows["floor: render + encode, 1 process"]
         floor_rate = floor["tokens"] / floor["seconds"]
         print(f"\n{args.conversations:,} conversations, {floor['tokens']:,} tokens (Llama-3.1 tokenizer), "
