@@ -38,7 +38,7 @@ class EncodedTokens:
             t = self.encoding.char_to_token(c)
             if t is not None:
                 # several tokens can hold one character (byte fallback, split UTF-8): take them all
-                n = len(self.encoding.ids)
+                n = len(self.ids) - self.shift  # not len(encoding.ids): that builds the whole id list
                 while t + 1 < n and self.encoding.token_to_chars(t + 1)[0] <= c:
                     t += 1
                 return t
@@ -56,7 +56,7 @@ class EncodedTokens:
 
     def _empty_at(self, a: int) -> tuple[int, int]:
         t = self._first_at_or_after(a, self.text_len)
-        i = (t if t is not None else len(self.encoding.ids)) + self.shift
+        i = t + self.shift if t is not None else len(self.ids)
         return i, i
 
     def inside(self, chars: Range) -> tuple[int, int]:
