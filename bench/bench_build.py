@@ -60,7 +60,7 @@ def run_floor(paths: list[Path]) -> dict:
     conversations = []
     for record in read_inputs(paths):
         try:
-            conversations.append(worker._conversation(record))
+            conversations.append(worker.conversation(record))
         except RecordError:
             pass
     started = time.perf_counter()

@@ -49,7 +49,6 @@ class Progress:
     tokens: int = 0
     trained_tokens: int = 0
     rejected: int = 0
-    truncated: int = 0
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -70,34 +69,60 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-class _InputTally:
-    """Records per input file, counted as they stream past."""
+class _Tally:
+    """Everything a build counts: progress, reject reasons, worker counters, stage seconds, and per
+    input file the records read (as they stream past), documents written and records rejected."""
 
     def __init__(self, paths: list[Path]):
-        self.paths = paths
-        self.first_ids = [None] * len(paths)
+        self.progress = Progress()
+        self.reasons: Counter = Counter()
+        self.counters: Counter = Counter()
+        self.seconds: Counter = Counter()
         self.records = [0] * len(paths)
-        self.formats = [None] * len(paths)
+        self.formats: list[str | None] = [None] * len(paths)
+        self.per_input = [Counter() for _ in paths]
+        self._starts: list[int] = []  # first source id of each input read so far (empty ones excepted)
+        self._started_inputs: list[int] = []
 
-    def watch(self, records: Iterable[RawRecord], seconds: Counter) -> Iterator[RawRecord]:
+    def watch(self, records: Iterable[RawRecord]) -> Iterator[RawRecord]:
         records = iter(records)
         while True:
             started = time.perf_counter()
             r = next(records, None)
-            seconds["read"] += time.perf_counter() - started
+            self.seconds["read"] += time.perf_counter() - started
             if r is None:
                 return
-            if self.first_ids[r.input_index] is None:
-                self.first_ids[r.input_index] = r.source_id
+            if not self._started_inputs or self._started_inputs[-1] != r.input_index:
+                self._starts.append(r.source_id)
+                self._started_inputs.append(r.input_index)
             self.records[r.input_index] += 1
             self.formats[r.input_index] = r.format.value
             yield r
 
     def input_of(self, source_id: int) -> int:
-        # inputs are read in order, so a record's input is the last one started at or before its id
-        # (an empty input never starts, and an input not read yet starts after every id seen)
-        seen = [(first, i) for i, first in enumerate(self.first_ids) if first is not None]
-        return seen[bisect.bisect_right(seen, (source_id, len(self.first_ids))) - 1][1]
+        # inputs are read in order: a record belongs to the last input started at or before its id
+        return self._started_inputs[bisect.bisect_right(self._starts, source_id) - 1]
+
+    def add(self, result: BatchResult, documents: ShardWriter, rejects_file) -> None:
+        """Write one batch's documents and rejects, and count them."""
+        progress, written = self.progress, set()
+        for doc in result.documents:
+            documents.write(Row(doc.input_ids, doc.loss_mask, [doc.num_tokens], [doc.source_id]))
+            progress.tokens += doc.num_tokens
+            progress.trained_tokens += doc.num_trained
+            if doc.source_id not in written:
+                written.add(doc.source_id)
+                self.per_input[self.input_of(doc.source_id)]["documents"] += 1
+        for reject in result.rejects:
+            rejects_file.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
+            self.reasons[reject.reason.value] += 1
+            self.per_input[self.input_of(reject.source_id)]["rejected"] += 1
+        progress.records += result.records
+        progress.records_written += len(written)
+        progress.documents += len(result.documents)
+        progress.rejected += len(result.rejects)
+        self.counters.update(result.counters)
+        self.seconds.update(result.seconds)
 
 
 def build(
@@ -117,35 +142,32 @@ def build(
     _prepare_out_dir(out_dir, overwrite)
     workers = config.workers or default_workers()
 
-    tally = _InputTally(paths)
-    progress = Progress()
-    reasons: Counter = Counter()
-    counters: Counter = Counter()
-    seconds: Counter = Counter()
-    per_input = [Counter() for _ in paths]
+    tally = _Tally(paths)
     writer = ShardWriter(out_dir, config.shard_tokens)
     # packing needs every length first: documents wait in an unpacked spill, then are written packed
     spill_dir = out_dir / ".spill.tmp"
-    documents = ShardWriter(spill_dir.mkdir(exist_ok=True) or spill_dir, 1 << 62) if config.pack else writer
+    if config.pack:
+        spill_dir.mkdir(exist_ok=True)
+    documents = ShardWriter(spill_dir, 1 << 62) if config.pack else writer
     rejects_tmp = out_dir / (REJECTS + ".tmp")
     with open(rejects_tmp, "w", encoding="utf-8") as rejects_file:
-        batches = _chunks(tally.watch(read_inputs(paths, config.format), seconds), config.batch_size)
+        batches = _chunks(tally.watch(read_inputs(paths, config.format)), config.batch_size)
         for result in run_batches(batches, config, local, workers):
             started = time.perf_counter()
-            _record(result, documents, rejects_file, progress, reasons, counters, seconds, per_input, tally)
-            seconds["write"] += time.perf_counter() - started
+            tally.add(result, documents, rejects_file)
+            tally.seconds["write"] += time.perf_counter() - started
             if on_progress:
-                on_progress(progress)
+                on_progress(tally.progress)
     packing = None
     if config.pack:
         started = time.perf_counter()
-        spilled = documents.close()
-        packing = write_packed(spill_dir, spilled, writer, config.max_length, config.seed)
+        packing = write_packed(spill_dir, documents.close(), writer, config.max_length, config.seed)
         shutil.rmtree(spill_dir)
-        seconds["pack_write"] += time.perf_counter() - started
+        tally.seconds["pack_write"] += time.perf_counter() - started
     shards = writer.close()
     os.replace(rejects_tmp, out_dir / REJECTS)
 
+    progress, counters = tally.progress, dict(sorted(tally.counters.items()))
     manifest = {
         "format_version": FORMAT_VERSION,
         "sftdata_version": __version__,
@@ -159,7 +181,7 @@ def build(
         "config": config.to_json(),
         "inputs": [
             {"path": str(p), "format": tally.formats[i], "records": tally.records[i],
-             "documents": per_input[i]["documents"], "rejected": per_input[i]["rejected"]}
+             "documents": tally.per_input[i]["documents"], "rejected": tally.per_input[i]["rejected"]}
             for i, p in enumerate(paths)
         ],
         "counts": {
@@ -167,12 +189,12 @@ def build(
             "records_written": progress.records_written,
             "documents": progress.documents,
             "rejected": progress.rejected,
-            "rejected_by_reason": dict(sorted(reasons.items())),
+            "rejected_by_reason": dict(sorted(tally.reasons.items())),
             "tokens": progress.tokens,
             "trained_tokens": progress.trained_tokens,
-            "truncated": progress.truncated,
+            "truncated": counters.pop("truncated", 0),
             "rows": sum(s.rows for s in shards),
-            **dict(sorted(counters.items())),
+            **counters,
         },
         "packing": packing,
         "shards": [s.to_json() for s in shards],
@@ -181,31 +203,8 @@ def build(
         raise BuildError(f"internal error: {progress.records} records != {progress.records_written} written "
                          f"+ {progress.rejected} rejected")
     write_json_atomic(out_dir / MANIFEST, manifest)
-    manifest["_seconds"] = dict(seconds)  # for the caller's summary; not part of the reproducible manifest
+    manifest["_seconds"] = dict(tally.seconds)  # for the caller's summary; not part of the reproducible manifest
     return manifest
-
-
-def _record(result: BatchResult, writer: ShardWriter, rejects_file, progress: Progress, reasons: Counter,
-            counters: Counter, seconds: Counter, per_input: list[Counter], tally: _InputTally) -> None:
-    written = set()
-    for doc in result.documents:
-        writer.write(Row(doc.input_ids, doc.loss_mask, [doc.num_tokens], [doc.source_id]))
-        progress.tokens += doc.num_tokens
-        progress.trained_tokens += doc.num_trained
-        if doc.source_id not in written:
-            written.add(doc.source_id)
-            per_input[tally.input_of(doc.source_id)]["documents"] += 1
-    progress.records_written += len(written)
-    for reject in result.rejects:
-        rejects_file.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
-        reasons[reject.reason.value] += 1
-        per_input[tally.input_of(reject.source_id)]["rejected"] += 1
-    progress.records += result.records
-    progress.documents += len(result.documents)
-    progress.rejected += len(result.rejects)
-    progress.truncated += result.counters.get("truncated", 0)
-    counters.update({k: v for k, v in result.counters.items() if k != "truncated"})
-    seconds.update(result.seconds)
 
 
 def write_packed(spill_dir: Path, spilled: list[ShardInfo], writer: ShardWriter, capacity: int, seed: int) -> dict:

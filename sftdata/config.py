@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from enum import Enum
 
 
@@ -61,17 +61,3 @@ class BuildConfig:
 
     def to_json(self) -> dict:
         return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, data: dict) -> BuildConfig:
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(data) - set(known)
-        if unknown:
-            raise ValueError(f"unknown build settings: {sorted(unknown)}")
-        kwargs = {}
-        for name, value in data.items():
-            kind = known[name].type
-            enum = {"TrainOn": TrainOn, "Overlong": Overlong, "SpecialText": SpecialText,
-                    "InputFormat": InputFormat, "Masker": Masker}.get(kind if isinstance(kind, str) else "")
-            kwargs[name] = enum(value) if enum and value is not None else value
-        return cls(**kwargs)

@@ -59,7 +59,7 @@ class Worker:
             ids = self.tokenizer.backend.encode(config.response_template, add_special_tokens=False).ids
             self.response_template_ids = np.asarray(ids, dtype=np.int32)
 
-    def _conversation(self, record: RawRecord) -> Conversation:
+    def conversation(self, record: RawRecord) -> Conversation:
         if isinstance(record.data, RecordError):
             raise record.data
         conv = to_conversation(record.data, record.source_id, record.format)
@@ -70,7 +70,7 @@ class Worker:
 
     def render(self, record: RawRecord) -> Rendered:
         cfg = self.config
-        return render_conversation(self._conversation(record), self.template, self.facts, cfg.train_on,
+        return render_conversation(self.conversation(record), self.template, self.facts, cfg.train_on,
                                    cfg.train_eot, cfg.special_text, self.tokenizer.special_pattern)
 
     def _mask(self, rendered: Rendered, tokens, result: BatchResult) -> Document:

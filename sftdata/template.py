@@ -73,10 +73,9 @@ class ChatTemplate:
         self.special_tokens = dict(special_tokens)
         self.has_generation_blocks = bool(_GENERATION_TAG.search(source))
 
-    def render_marked(self, messages: list[dict], tools: Any = None, add_generation_prompt: bool = False) -> str:
-        """The rendering with generation markers (if any) still in the text."""
+    def render(self, messages: list[dict], tools: Any = None, add_generation_prompt: bool = False) -> RenderedText:
         try:
-            return self._template.render(
+            marked = self._template.render(
                 messages=messages,
                 tools=tools,
                 add_generation_prompt=add_generation_prompt,
@@ -86,9 +85,6 @@ class ChatTemplate:
             raise TemplateRenderError(str(err) or type(err).__name__) from err
         except Exception as err:  # a template can fail like any program: a bad key, a type error
             raise TemplateRenderError(f"{type(err).__name__}: {err}") from err
-
-    def render(self, messages: list[dict], tools: Any = None, add_generation_prompt: bool = False) -> RenderedText:
-        marked = self.render_marked(messages, tools, add_generation_prompt)
         if not self.has_generation_blocks:
             return RenderedText(marked, ())
         return RenderedText(*strip_generation_markers(marked))

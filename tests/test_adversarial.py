@@ -11,8 +11,8 @@ from sftdata.build import build
 from sftdata.config import BuildConfig, InputFormat, Overlong, SpecialText, TrainOn
 from sftdata.pipeline import Worker
 from sftdata.rejects import Reason
-from sftdata.sources import RawRecord
 from sftdata.shards import iter_rows, open_build, read_rejects
+from sftdata.sources import RawRecord
 
 from .conftest import fixture_tokenizer
 

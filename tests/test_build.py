@@ -227,7 +227,7 @@ def test_a_failed_build_leaves_no_manifest(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("killed mid-build")
 
-    monkeypatch.setattr(build_module, "_record", explode)
+    monkeypatch.setattr(build_module._Tally, "add", explode)
     with pytest.raises(RuntimeError):
         build([DATA / "alpaca.json"], tmp_path / "o", BuildConfig(tokenizer=CHATML), overwrite=True)
     assert not (tmp_path / "o" / "manifest.json").exists()
