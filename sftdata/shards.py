@@ -60,11 +60,17 @@ class ShardInfo:
         return {"name": self.name, "rows": self.rows, "tokens": self.tokens, "sha256": self.sha256}
 
 
+def _numpy_array(values: np.ndarray, dtype: pa.DataType) -> pa.Array:
+    # from the buffer, not pa.array(): that imports pandas (a third of a second) to ask whether it is one
+    values = np.ascontiguousarray(values, dtype=dtype.to_pandas_dtype())
+    return pa.Array.from_buffers(dtype, len(values), [None, pa.py_buffer(values)])
+
+
 def _list_array(chunks: list[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
     offsets = np.zeros(len(chunks) + 1, dtype=np.int32)
     np.cumsum([len(c) for c in chunks], out=offsets[1:])
     values = np.concatenate(chunks) if chunks else np.zeros(0)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=dtype))
+    return pa.ListArray.from_arrays(_numpy_array(offsets, pa.int32()), _numpy_array(values, dtype))
 
 
 def rows_to_batch(rows: Sequence[Row]) -> pa.RecordBatch:

@@ -18,11 +18,14 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 
 from .shards import open_build, read_rejects
+
+if TYPE_CHECKING:
+    import polars as pl
 
 COMPARATOR = "response-template"
 
@@ -200,6 +203,8 @@ class BuildData:
         return len(self.row_tokens)
 
     def frame(self) -> pl.DataFrame:
+        import polars as pl  # here, not at the top: `sftdata build` would pay a seventh of a second for it
+
         d = self.docs
         return pl.DataFrame({
             "doc": np.arange(len(d)), "source_id": d.source_id, "piece": d.piece, "row": d.row,
@@ -221,6 +226,8 @@ def _percentiles(col: pl.Series, qs=(0.5, 0.9, 0.99)) -> dict:
 def build_stats(data: BuildData) -> dict:
     """The numbers of a build, JSON-ready: documents, tokens, trained tokens, lengths, rows and fill,
     rejects by reason, per input file; `checks` lists any disagreement with the manifest's counts."""
+    import polars as pl
+
     m, counts = data.manifest, data.manifest.get("counts", {})
     docs = data.frame().with_columns((pl.col("trained") / pl.col("length")).alias("ratio"))
     rejects = pl.DataFrame(data.rejects, schema={"source_id": pl.Int64, "reason": pl.Utf8, "detail": pl.Utf8})
