@@ -6,15 +6,17 @@ transformers is used only to load a folder or hub id the way the model's users l
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import tokenizers
 
 
@@ -38,7 +40,7 @@ class ModelTokenizer:
 
     @cached_property
     def template_fingerprint(self) -> str:
-        return hashlib.sha256(self.chat_template.encode("utf-8")).hexdigest()
+        return _sha256(self.chat_template)
 
     @cached_property
     def special_pattern(self) -> re.Pattern | None:
@@ -52,6 +54,19 @@ class ModelTokenizer:
         return self.backend.token_to_id(text)
 
     @cached_property
+    def token_bytes(self) -> TokenBytes | None:
+        """The bytes every token id stands for, if this tokenizer's tokens spell their text byte for byte
+        (byte-level BPE does; a SentencePiece prefix space or a normalizer does not): then token offsets
+        are running sums of token lengths. None otherwise. Each document is still checked (tokens.py)."""
+        spell = Spelling(self.backend)
+        probe = _SPELLING_PROBE + "".join(self.special_texts[:2]) + _SPELLING_PROBE
+        ids = self.backend.encode(probe, add_special_tokens=False).ids
+        if b"".join(spell(i) or b"\0" for i in ids) != probe.encode("utf-8"):
+            return None
+        size = max([self.backend.get_vocab_size(with_added_tokens=True) - 1, *spell.added_ids]) + 1
+        return TokenBytes.of([spell(i) for i in range(size)])
+
+    @cached_property
     def literal_backend(self) -> tokenizers.Tokenizer:
         """A copy that encodes special-token text as plain text (for --special-text literal)."""
         copy = tokenizers.Tokenizer.from_str(self.backend.to_str())
@@ -59,15 +74,24 @@ class ModelTokenizer:
         return copy
 
     def to_json(self) -> dict:
-        return {"backend": self.backend.to_str(), "chat_template": self.chat_template,
+        backend = self.backend.to_str()
+        self.__dict__.setdefault("fingerprint", _sha256(backend))  # one serialization serves both
+        table = self.token_bytes
+        return {"backend": backend, "fingerprint": self.fingerprint,
+                "token_bytes": table.to_json() if table is not None else None, "chat_template": self.chat_template,
                 "template_source": self.template_source, "special_tokens_map": self.special_tokens_map,
                 "special_texts": list(self.special_texts), "prefix_ids": list(self.prefix_ids)}
 
     @classmethod
     def from_json(cls, data: dict, name: str) -> ModelTokenizer:
-        return cls(backend=tokenizers.Tokenizer.from_str(data["backend"]), chat_template=data["chat_template"],
-                   template_source=data["template_source"], special_tokens_map=data["special_tokens_map"],
-                   special_texts=tuple(data["special_texts"]), prefix_ids=tuple(data["prefix_ids"]), name=name)
+        loaded = cls(backend=tokenizers.Tokenizer.from_str(data["backend"]), chat_template=data["chat_template"],
+                     template_source=data["template_source"], special_tokens_map=data["special_tokens_map"],
+                     special_texts=tuple(data["special_texts"]), prefix_ids=tuple(data["prefix_ids"]), name=name)
+        # computed when the entry was written: serializing a large tokenizer again to hash it costs a sixth
+        # of a second, spelling its vocabulary a third
+        loaded.__dict__["fingerprint"] = data["fingerprint"]
+        loaded.__dict__["token_bytes"] = TokenBytes.from_json(data["token_bytes"]) if data["token_bytes"] else None
+        return loaded
 
     def summary(self) -> dict:
         return {
@@ -79,9 +103,110 @@ class ModelTokenizer:
         }
 
 
+# text of every kind a template renders: words, spaces and newlines, numbers, accents, CJK, an emoji
+_SPELLING_PROBE = "Hello, world!\n\n  two  spaces\tand 12345 caf\u00e9 \u65e5\u672c\u8a9e \U0001f642 end.\n"
+
+
+def byte_level_alphabet() -> dict[str, int]:
+    """The byte-level BPE alphabet (GPT-2 style): each byte is one printable character; bytes that are
+    printable Latin-1 stand for themselves, the others are moved past 255 in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    out, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            out[chr(b)] = b
+        else:
+            out[chr(256 + extra)] = b
+            extra += 1
+    return out
+
+
+def _component_types(node) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["type"]} if isinstance(node.get("type"), str) else set()
+        for value in node.values():
+            found |= _component_types(value)
+        return found
+    if isinstance(node, list):
+        return set().union(*(_component_types(v) for v in node)) if node else set()
+    return set()
+
+
+class Spelling:
+    """`spell(token_id)`: the UTF-8 bytes a token stands for in text. Byte-level BPE tokens map through
+    the byte alphabet; SentencePiece tokens read `\u2581` as a space and `<0xNN>` as that byte; added
+    tokens are their content. None for an unknown id or a vocabulary of another kind."""
+
+    def __init__(self, backend: tokenizers.Tokenizer):
+        decoder = backend.decoder  # its own JSON only: the whole tokenizer's is megabytes
+        kinds = _component_types(json.loads(decoder.__getstate__())) if decoder is not None else set()
+        self._byte_level = "ByteLevel" in kinds
+        self._metaspace = bool(kinds & {"Metaspace", "Replace"})
+        # to Latin-1 characters, then `encode("latin-1")` makes the bytes in C; any character outside the
+        # alphabet (Latin-1 ones included) goes to U+FFFF first, so that it fails there
+        self._to_latin1 = {c: "\uffff" for c in range(256)} | {ord(ch): b for ch, b in byte_level_alphabet().items()}
+        self._added = {i: t.content.encode("utf-8") for i, t in backend.get_added_tokens_decoder().items()}
+        self._backend = backend
+
+    @property
+    def added_ids(self) -> list[int]:
+        return list(self._added)
+
+    def __call__(self, token_id: int) -> bytes | None:
+        added = self._added.get(token_id)
+        if added is not None:
+            return added
+        raw = self._backend.id_to_token(token_id)
+        if raw is None:
+            return None
+        if self._byte_level:
+            try:
+                return raw.translate(self._to_latin1).encode("latin-1")
+            except UnicodeEncodeError:
+                pass
+        if self._metaspace:
+            if len(raw) == 6 and raw.startswith("<0x") and raw.endswith(">"):
+                return bytes([int(raw[3:5], 16)])
+            return raw.replace("\u2581", " ").encode("utf-8")
+        return None
+
+
+@dataclass(frozen=True)
+class TokenBytes:
+    """Every token id's bytes laid end to end: `buffer[starts[i] : starts[i] + lengths[i]]`."""
+
+    buffer: np.ndarray  # uint8
+    lengths: np.ndarray  # int64, by token id; 0 for an id with no spelling (its documents fail the check)
+    starts: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        starts = np.zeros(len(self.lengths), dtype=np.int64)
+        np.cumsum(self.lengths[:-1], out=starts[1:])
+        object.__setattr__(self, "starts", starts)
+
+    @classmethod
+    def of(cls, spellings: list[bytes | None]) -> TokenBytes:
+        spelled = [b or b"" for b in spellings]
+        lengths = np.fromiter(map(len, spelled), dtype=np.int64, count=len(spelled))
+        return cls(np.frombuffer(b"".join(spelled), dtype=np.uint8), lengths)
+
+    def to_json(self) -> dict:
+        return {"buffer": base64.b64encode(self.buffer.tobytes()).decode("ascii"),
+                "lengths": base64.b64encode(self.lengths.astype("<i4").tobytes()).decode("ascii")}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TokenBytes:
+        return cls(np.frombuffer(base64.b64decode(data["buffer"]), dtype=np.uint8),
+                   np.frombuffer(base64.b64decode(data["lengths"]), dtype="<i4").astype(np.int64))
+
+
 def tokenizer_fingerprint(backend: tokenizers.Tokenizer) -> str:
     """SHA-256 of the tokenizer's canonical serialization: equal exactly when tokenization is equal."""
-    return hashlib.sha256(backend.to_str().encode("utf-8")).hexdigest()
+    return _sha256(backend.to_str())
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # files transformers may read to build a tokenizer; model weights are not among them

@@ -14,41 +14,15 @@ ids are shown instead. Conventions, the same in colour and in plain text (a pipe
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .stats import BuildData
-from .tokenizer import load_tokenizer
+from .tokenizer import Spelling, load_tokenizer
 
 # -- token ids to readable pieces ------------------------------------------------------------------------
-
-
-def _byte_level_alphabet() -> dict[str, int]:
-    """The byte-level BPE alphabet (GPT-2 style): each byte is one printable character; bytes that are
-    printable Latin-1 stand for themselves, the others are moved past 255 in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    out, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            out[chr(b)] = b
-        else:
-            out[chr(256 + extra)] = b
-            extra += 1
-    return out
-
-
-def _decoder_types(node) -> set[str]:
-    if isinstance(node, dict):
-        found = {node["type"]} if isinstance(node.get("type"), str) else set()
-        for value in node.values():
-            found |= _decoder_types(value)
-        return found
-    if isinstance(node, list):
-        return set().union(*(_decoder_types(v) for v in node)) if node else set()
-    return set()
 
 
 @dataclass
@@ -62,11 +36,7 @@ class Vocab:
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        decoder = self.backend.decoder  # its own JSON only: the whole tokenizer's is megabytes
-        kinds = _decoder_types(json.loads(decoder.__getstate__())) if decoder is not None else set()
-        self._byte_level = "ByteLevel" in kinds
-        self._metaspace = bool(kinds & {"Metaspace", "Replace"})
-        self._alphabet = _byte_level_alphabet() if self._byte_level else {}
+        self._spell = Spelling(self.backend)
         self._added = {i: (t.content, bool(t.special)) for i, t in self.backend.get_added_tokens_decoder().items()}
 
     def piece(self, token_id: int) -> tuple[str, str]:
@@ -86,14 +56,8 @@ class Vocab:
         raw = self.backend.id_to_token(token_id)
         if raw is None:
             return f"<id {token_id}>", "unknown"
-        if self._byte_level and all(ch in self._alphabet for ch in raw):
-            data = bytes(self._alphabet[ch] for ch in raw)
-        elif self._metaspace:
-            if len(raw) == 6 and raw.startswith("<0x") and raw.endswith(">"):
-                data = bytes([int(raw[3:5], 16)])
-            else:
-                data = raw.replace("\u2581", " ").encode("utf-8")
-        else:
+        data = self._spell(token_id)
+        if data is None:
             return raw, "text"
         try:
             return data.decode("utf-8"), "text"

@@ -33,3 +33,18 @@ def test_a_changed_tokenizer_file_is_not_served_from_the_cache(tmp_path, monkeyp
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     second = load_tokenizer(str(folder))
     assert first.chat_template != second.chat_template == config["chat_template"]
+
+
+def test_the_cache_keeps_the_fingerprint_and_the_token_bytes(tmp_path, monkeypatch):
+    import numpy as np
+
+    from sftdata.tokenizer import tokenizer_fingerprint
+
+    monkeypatch.setenv("SFTDATA_CACHE", str(tmp_path / "cache"))
+    fresh = load_tokenizer(fixture_tokenizer("chatml-bpe"))
+    cached = load_tokenizer(fixture_tokenizer("chatml-bpe"))
+    assert "fingerprint" in cached.__dict__ and "token_bytes" in cached.__dict__, "served from the cache"
+    assert cached.fingerprint == fresh.fingerprint == tokenizer_fingerprint(cached.backend)
+    for field in ("buffer", "lengths", "starts"):
+        assert np.array_equal(getattr(cached.token_bytes, field), getattr(fresh.token_bytes, field))
+    assert cached.token_bytes.lengths.sum() == len(cached.token_bytes.buffer) > 0

@@ -3,12 +3,13 @@
 import json
 import random
 
+import numpy as np
 import pytest
 
 from sftdata.config import BuildConfig, InputFormat
 from sftdata.pipeline import Worker
 from sftdata.sources import RawRecord
-from sftdata.tokens import _literal, tokenize
+from sftdata.tokens import EncodedTokens, OffsetTokens, _literal, spelled_offsets, tokenize
 
 from .conftest import FIXTURES, fixture_tokenizer
 
@@ -33,3 +34,45 @@ def test_encoded_lookups_match_offsets_and_piecewise_encoding_matches_whole(toke
             b = rng.randrange(a + 1, n + 1)
             assert encoded.span((a, b)) == explicit.span((a, b)), (record.get("id"), a, b)
             assert encoded.inside((a, b)) == explicit.inside((a, b)), (record.get("id"), a, b)
+
+
+SPELLING_TEXTS = [
+    "plain ASCII, with  two spaces\tand a tab\n\nand newlines",
+    "caf\u00e9 na\u00efve \u65e5\u672c\u8a9e\u306e\u6587 \U0001f642\U0001f3f3\ufe0f\u200d\U0001f308 \u0645\u0631\u062d\u0628\u0627",
+    "<|im_start|>user\nqu\u00e9?<|im_end|>\n<|im_start|>assistant\n\U0001f600 s\u00ed<|im_end|>\n",
+    "",
+]
+
+
+@pytest.mark.parametrize("tokenizer", ["llama3-bpe", "chatml-bpe", "gemma-spm"])
+def test_offsets_from_spelled_bytes_equal_the_tokenizers_own(tokenizer):
+    tok = Worker(BuildConfig(tokenizer=fixture_tokenizer(tokenizer))).tokenizer
+    assert tok.token_bytes is not None, "these tokenizers' tokens spell their text byte for byte"
+    encodings = tok.backend.encode_batch(SPELLING_TEXTS, add_special_tokens=False)
+    ids = [np.array(e.ids, dtype=np.int32) for e in encodings]
+    for text, encoding, offsets in zip(SPELLING_TEXTS, encodings, spelled_offsets(SPELLING_TEXTS, ids, tok.token_bytes)):
+        assert offsets is not None, text
+        assert list(zip(*offsets)) == encoding.offsets, text
+
+
+@pytest.mark.parametrize("tokenizer", ["llama2-spm", "mistral-spm"])
+def test_a_tokenizer_that_adds_a_space_is_asked_for_offsets(tokenizer):
+    tok = Worker(BuildConfig(tokenizer=fixture_tokenizer(tokenizer))).tokenizer
+    assert tok.token_bytes is None  # SentencePiece puts "▁" before the text: token bytes are not the text's
+
+
+def test_a_document_its_tokens_do_not_spell_is_encoded_again_with_offsets():
+    worker = Worker(BuildConfig(tokenizer=fixture_tokenizer("chatml-bpe")))  # NFC normalizer
+    tok = worker.tokenizer
+    composed = {"messages": [{"role": "user", "content": "caf\u00e9?"}, {"role": "assistant", "content": "s\u00ed"}]}
+    decomposed = {"messages": [{"role": "user", "content": "cafe\u0301?"}, {"role": "assistant", "content": "si\u0301"}]}
+    rendered = [worker.render(RawRecord(i, i, InputFormat.MESSAGES, r)) for i, r in enumerate([composed, decomposed])]
+    texts = [r.text for r in rendered]
+    ids = [np.array(e.ids, dtype=np.int32) for e in tok.backend.encode_batch(texts, add_special_tokens=False)]
+    spelled = spelled_offsets(texts, ids, tok.token_bytes)
+    assert spelled[0] is not None and spelled[1] is None  # NFC rewrote e + U+0301 into one character
+    fast, again = tokenize(rendered, tok)
+    assert isinstance(fast, OffsetTokens) and isinstance(again, EncodedTokens)
+    assert again.ids.tolist() == tok.backend.encode(texts[1], add_special_tokens=False).ids
+    answer_at = texts[1].index("si\u0301")
+    assert again.span((answer_at, answer_at + 3)) == _literal(texts[1], (), tok).span((answer_at, answer_at + 3))

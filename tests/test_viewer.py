@@ -9,7 +9,8 @@ import pytest
 
 from sftdata.cli import main
 from sftdata.stats import BuildData
-from sftdata.viewer import Vocab, _byte_level_alphabet, load_vocab, visible
+from sftdata.tokenizer import byte_level_alphabet
+from sftdata.viewer import Vocab, load_vocab, visible
 
 from .conftest import fixture_tokenizer
 from .test_stats import CHATS, make_build
@@ -152,7 +153,7 @@ def test_vocab_pieces_keep_whitespace_and_mark_specials():
         assert joined.lstrip(" ") == text or joined == text
         eos = hf.backend_tokenizer.token_to_id(hf.eos_token)
         assert vocab.piece(eos) == (hf.eos_token, "special")
-    alphabet = _byte_level_alphabet()
+    alphabet = byte_level_alphabet()
     assert len(alphabet) == 256 and sorted(alphabet.values()) == list(range(256))
     assert alphabet["Ġ"] == 32 and alphabet["Ċ"] == 10 and alphabet["a"] == ord("a")
 
