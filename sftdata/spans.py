@@ -18,6 +18,7 @@ Everything found here is re-checked token by token in masking.verify before a do
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from .template import ChatTemplate, TemplateRenderError
 
 SENTINEL_BASE = 0xF0000
 MAX_FIELDS = (0xFFFFD - SENTINEL_BASE) // 2
-_SENTINEL = re.compile("[\U000F0000-\U000FFFFD]")
+_SENTINEL_SPLIT = re.compile("([\U000F0000-\U000FFFFD])")
 _PRIVATE = re.compile("[\U000F0000-\U0010FFFF]")
 
 Range = tuple[int, int]
@@ -187,20 +188,22 @@ def template_messages(messages: Sequence[Message], wrap=_plain, only: int | None
 # -- locating messages -----------------------------------------------------------------------------
 
 
-def _sentinel_regions(marked: str, owner: list[int], n_messages: int) -> tuple[list[list[Range] | None], set[int]]:
-    """Each message's ranges in the stripped text (None where its sentinels did not survive intact),
-    and the fields that were found at all."""
+def _sentinel_regions(text: str, marked: str, owner: list[int], n_messages: int
+                      ) -> tuple[list[list[Range] | None], set[int]] | None:
+    """Each message's ranges in `text` (None where its sentinels did not survive intact) and the fields
+    found at all; None unless removing the sentinels from `marked` gives `text` back exactly."""
+    parts = _SENTINEL_SPLIT.split(marked)  # text, sentinel, text, sentinel, ..., text
+    if "".join(parts[::2]) != text:
+        return None
     regions: list[list[Range] | None] = [[] for _ in range(n_messages)]
     open_at: dict[int, int] = {}
     broken: set[int] = set()
     found: set[int] = set()
-    for seen, match in enumerate(_SENTINEL.finditer(marked)):
-        code = ord(match.group()) - SENTINEL_BASE
-        field, closing = divmod(code, 2)
+    for pos, sentinel in zip(itertools.accumulate(map(len, parts[0:-1:2])), parts[1::2]):
+        field, closing = divmod(ord(sentinel) - SENTINEL_BASE, 2)
         if field >= len(owner):
-            return [None] * n_messages, found
+            return None
         found.add(field)
-        pos = match.start() - seen
         if not closing:
             if field in open_at:
                 broken.add(owner[field])
@@ -249,14 +252,12 @@ def _locate_by_difference(conv: Conversation, template: ChatTemplate, text: str,
 # -- targets ------------------------------------------------------------------------------------------
 
 
-def _neighbours(regions: list[list[Range]], i: int, text_len: int) -> tuple[int, int]:
-    """The end of the nearest other message before message i, and the start of the nearest one after."""
-    start, end = min(r[0] for r in regions[i]), max(r[1] for r in regions[i])
+def _neighbours(ranges: list[tuple[int, int, int]], i: int, start: int, end: int, text_len: int) -> tuple[int, int]:
+    """The end of the nearest other message before message i (which spans [start, end)), and the start of
+    the nearest one after; `ranges` holds every message's (a, b, owner)."""
     lo, hi = 0, text_len
-    for j, rs in enumerate(regions):
-        if j == i:
-            continue
-        for a, b in rs:
+    for a, b, owner in ranges:
+        if owner != i:
             if b <= start:
                 lo = max(lo, b)
             elif a >= end:
@@ -264,10 +265,10 @@ def _neighbours(regions: list[list[Range]], i: int, text_len: int) -> tuple[int,
     return lo, hi
 
 
-def _turn(text: str, message: Message, data: list[Range], lo: int, hi: int, facts: TemplateFacts,
+def _turn(text: str, message: Message, start: int, end: int, lo: int, hi: int, facts: TemplateFacts,
           generation: tuple[Range, ...]) -> tuple[Range, Range | None, Range | None]:
-    """(turn, header, end-of-turn) of a message: the header and generation blocks are an assistant's."""
-    start, end = min(r[0] for r in data), max(r[1] for r in data)
+    """(turn, header, end-of-turn) of a message whose text spans [start, end): the header and generation
+    blocks are an assistant's."""
     assistant = message.role == "assistant"
     block = next(((a, b) for a, b in generation if a <= start < b or (lo <= a and b <= hi and a < end)),
                  None) if assistant else None
@@ -317,11 +318,11 @@ def render_conversation(
         raise RecordError(Reason.TEMPLATE_ERROR, str(err)) from None
 
     n = len(messages)
-    clean = not _PRIVATE.search(text) and _SENTINEL.sub("", marked) == text
-    regions, found = _sentinel_regions(marked, wrap.owner, n) if clean else ([None] * n, set())
+    sentinels = None if _PRIVATE.search(text) else _sentinel_regions(text, marked, wrap.owner, n)
+    regions, found = sentinels or ([None] * n, set())
     for i in wrap.unmarked:
         regions[i] = None
-    unrendered = tuple(sorted({wrap.kind[k] for k in range(len(wrap.owner)) if k not in found})) if clean else ()
+    unrendered = tuple(sorted({wrap.kind[k] for k in range(len(wrap.owner)) if k not in found})) if sentinels else ()
     method = "generation" if rendered.generation else "sentinel"
     try:
         for i in range(n):
@@ -332,6 +333,7 @@ def render_conversation(
         raise RecordError(Reason.TEMPLATE_ERROR, str(err)) from None
 
     spans = []
+    ranges = [(a, b, i) for i, data in enumerate(regions) for a, b in data]
     for i, (m, train, data) in enumerate(zip(messages, flags, regions)):
         data = sorted(data)
         if train and m.role == "assistant" and _is_empty_turn(m):
@@ -339,8 +341,9 @@ def render_conversation(
         if not data:
             spans.append(MessageSpan(m.role, False, ()))
             continue
-        lo, hi = _neighbours(regions, i, len(text))
-        turn, header, eot = _turn(text, m, data, lo, hi, facts, rendered.generation)
+        start, end = data[0][0], max(b for _, b in data)
+        lo, hi = _neighbours(ranges, i, start, end, len(text))
+        turn, header, eot = _turn(text, m, start, end, lo, hi, facts, rendered.generation)
         if not train or train_on is TrainOn.ALL:  # under --train-on all the mask starts from every token
             spans.append(MessageSpan(m.role, train, tuple(data), turn))
             continue

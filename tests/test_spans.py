@@ -61,3 +61,20 @@ def test_generation_blocks_win_when_the_template_has_them():
     targets = [rendered.text[s.target[0]:s.target[1]] for s in rendered.spans if s.target]
     replies = [m["content"] for m in TRAPS["twelve_turns"]["messages"] if m["role"] == "assistant"]
     assert targets == [r + "<|im_end|>" for r in replies]
+
+
+def test_the_template_sandbox_still_refuses_what_it_refused_after_allowing_the_same_name():
+    from types import SimpleNamespace
+
+    from sftdata.template import ChatTemplate, TemplateRenderError
+
+    template = ChatTemplate("{{ tools.pop }}:{% for m in messages %}{{ m.content.upper() }}"
+                            "{% if m.tags %}{{ m.tags.pop() }}{% endif %}{% endfor %}", {})
+    # `pop` is a plain attribute of the namespace, and mutates a list: the sandbox's verdict on the one
+    # (remembered by type and name) must not let the other through
+    tools = SimpleNamespace(pop="ok")
+    assert template.render([{"content": "hi", "tags": None}], tools).text == "ok:HI"
+    tags = ["b"]
+    with pytest.raises(TemplateRenderError, match="pop"):
+        template.render([{"content": "hi", "tags": tags}], tools)
+    assert tags == ["b"]
