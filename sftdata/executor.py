@@ -23,6 +23,7 @@ from .sources import RawRecord
 from .tokenizer import ModelTokenizer
 
 BATCHES_PER_TASK = 4  # enough for a pool worker to overlap rendering with encoding inside a task
+ENCODE_QUEUE = 4  # rendered batches waiting for the encoder, at most
 
 _worker: Worker | None = None
 
@@ -44,17 +45,18 @@ def default_workers() -> int:
 
 
 def overlapped(worker: Worker, batches: Iterable[list[RawRecord]]) -> Iterator[BatchResult]:
-    """Batch k+1 is rendered, and batch k masked, while batch k+1 encodes in a thread."""
+    """Batches are rendered, and masked once encoded, while the batches between encode in a thread.
+
+    Up to ENCODE_QUEUE rendered batches wait for the encoder, so neither side idles when one batch is
+    slower to render or to encode than the next; a batch is masked as soon as it is encoded."""
     with ThreadPoolExecutor(1) as encoder:
-        pending = None
+        pending: deque = deque()
         for batch in batches:
-            prepared = worker.prepare(batch)
-            done = pending.result() if pending is not None else None
-            pending = encoder.submit(worker.encode, prepared)
-            if done is not None:
-                yield worker.finish(done)
-        if pending is not None:
-            yield worker.finish(pending.result())
+            pending.append(encoder.submit(worker.encode, worker.prepare(batch)))
+            while pending and (len(pending) > ENCODE_QUEUE or pending[0].done()):
+                yield worker.finish(pending.popleft().result())
+        while pending:
+            yield worker.finish(pending.popleft().result())
 
 
 def _tasks(batches: Iterator[list[RawRecord]]) -> Iterator[list[list[RawRecord]]]:

@@ -23,7 +23,7 @@ from .sources import RawRecord
 from .spans import Rendered, probe_template, render_conversation
 from .template import ChatTemplate
 from .tokenizer import ModelTokenizer, load_tokenizer
-from .tokens import tokenize
+from .tokens import encode, tokens_of
 from .truncation import fit_length
 
 
@@ -38,11 +38,11 @@ class BatchResult:
 
 @dataclass
 class Prepared:
-    """A batch between stages: rendered, then tokenized."""
+    """A batch between stages: rendered, then encoded."""
 
     result: BatchResult
     rendered: list[Rendered]
-    tokens: list | None = None
+    encodings: list | None = None
 
 
 class Worker:
@@ -96,15 +96,18 @@ class Worker:
     def encode(self, prepared: Prepared) -> Prepared:
         """One batch encode (the tokenizer's own threads; the GIL is released meanwhile)."""
         started = time.perf_counter()
-        prepared.tokens = tokenize(prepared.rendered, self.tokenizer)
+        prepared.encodings = encode(prepared.rendered, self.tokenizer)
         prepared.result.seconds["tokenize"] += time.perf_counter() - started
         return prepared
 
     def finish(self, prepared: Prepared) -> BatchResult:
-        """Mask, verify, fit to length (Python work)."""
+        """Token offsets, then mask, verify, fit to length (Python work)."""
         started = time.perf_counter()
         cfg, result = self.config, prepared.result
-        for r, t in zip(prepared.rendered, prepared.tokens):
+        tokens = tokens_of(prepared.rendered, prepared.encodings, self.tokenizer)
+        result.seconds["offsets"] += time.perf_counter() - started
+        started = time.perf_counter()
+        for r, t in zip(prepared.rendered, tokens):
             try:
                 doc = self._mask(r, t, result)
                 fitted = fit_length(doc, cfg.max_length, cfg.overlong)

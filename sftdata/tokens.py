@@ -98,9 +98,12 @@ class OffsetTokens:
 Tokens = EncodedTokens | OffsetTokens
 
 
-def _prefix_to_add(ids: list[int], prefix: tuple[int, ...]) -> tuple[int, ...]:
+def _prefix_to_add(ids: list[int] | np.ndarray, prefix: tuple[int, ...]) -> tuple[int, ...]:
     """The tokenizer's BOS rule, unless the template already wrote it."""
-    return () if not prefix or list(ids[: len(prefix)]) == list(prefix) else prefix
+    if not prefix:
+        return ()
+    start = ids[: len(prefix)]
+    return () if (start.tolist() if isinstance(start, np.ndarray) else start) == list(prefix) else prefix
 
 
 def _with_prefix(ids: np.ndarray, starts: list[int], ends: list[int], prefix: tuple[int, ...]) -> OffsetTokens:
@@ -111,25 +114,12 @@ def _with_prefix(ids: np.ndarray, starts: list[int], ends: list[int], prefix: tu
     return OffsetTokens(np.concatenate([np.asarray(add, dtype=np.int32), ids]), zeros + starts, zeros + ends)
 
 
-def _char_offsets(text: str, byte_starts: np.ndarray, byte_ends: np.ndarray) -> tuple[list[int], list[int]]:
-    """Token offsets in characters from offsets in UTF-8 bytes: a token holding part of a character holds
-    that character (as the tokenizer's own offsets say)."""
-    if text.isascii():
-        return byte_starts.tolist(), byte_ends.tolist()
-    code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    width = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
-    char_at = np.zeros(len(text) + 1, dtype=np.int64)  # byte offset where each character starts
-    np.cumsum(width, out=char_at[1:])
-    starts = np.searchsorted(char_at, byte_starts, side="right") - 1
-    ends = np.searchsorted(char_at, byte_ends, side="left")
-    return starts.tolist(), ends.tolist()
-
-
 def spelled_offsets(texts: list[str], ids: list[np.ndarray], table: TokenBytes
                     ) -> list[tuple[list[int], list[int]] | None]:
     """Each document's token (starts, ends) in characters, from the bytes its tokens spell; None for a
     document whose tokens do not spell its text exactly (a normalizer rewrote it, a token absorbed
-    whitespace): its offsets must come from the tokenizer."""
+    whitespace): its offsets must come from the tokenizer. One pass of array operations per batch."""
+    counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
     lengths = table.lengths[flat]
     ends = np.cumsum(lengths)
@@ -137,18 +127,37 @@ def spelled_offsets(texts: list[str], ids: list[np.ndarray], table: TokenBytes
     # the batch's tokens' bytes, end to end: each token's bytes copied from its place in the table
     gather = np.repeat(table.starts[flat] - starts, lengths) + np.arange(int(ends[-1]) if len(ends) else 0)
     spelled = table.buffer[gather].tobytes()
-    out: list[tuple[list[int], list[int]] | None] = []
-    first = 0
-    for text, doc in zip(texts, ids):
-        last = first + len(doc)
-        begin = int(starts[first]) if len(doc) else 0
-        stop = int(ends[last - 1]) if len(doc) else 0
-        if spelled[begin:stop] == text.encode("utf-8"):
-            out.append(_char_offsets(text, starts[first:last] - begin, ends[first:last] - begin))
-        else:
-            out.append(None)
-        first = last
-    return out
+    joined = "".join(texts)
+    data = joined.encode("utf-8")
+    # where each document begins: in its tokens' bytes, in the text's bytes, in characters
+    token_at = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(counts, out=token_at[1:])
+    spelled_at = np.concatenate([[0], ends])[token_at]
+    char_at = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), out=char_at[1:])
+    if joined.isascii():
+        data_at = char_at
+    else:
+        data_at = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts)),
+                  out=data_at[1:])
+    if spelled == data and np.array_equal(spelled_at, data_at):
+        spells = [True] * len(texts)
+    else:
+        spells = [spelled[spelled_at[k] : spelled_at[k + 1]] == data[data_at[k] : data_at[k + 1]]
+                  for k in range(len(texts))]
+    # token offsets in the text's bytes, then in characters: a token holding part of a character holds
+    # that character (as the tokenizer's own offsets say)
+    shift = np.repeat(data_at[:-1] - spelled_at[:-1], counts)
+    starts, ends = starts + shift, ends + shift
+    if not joined.isascii():
+        code_points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        width = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
+        char_of_byte = np.append(np.repeat(np.arange(len(joined)), width), len(joined))
+        starts, ends = char_of_byte[starts], char_of_byte[ends - 1] + 1  # a token has at least one byte
+    doc_start = np.repeat(char_at[:-1], counts)
+    starts, ends, at = (starts - doc_start).tolist(), (ends - doc_start).tolist(), token_at.tolist()
+    return [(starts[at[k] : at[k + 1]], ends[at[k] : at[k + 1]]) if spells[k] else None for k in range(len(texts))]
 
 
 def _encoded(encoding: tokenizers.Encoding, text_len: int, prefix: tuple[int, ...]) -> EncodedTokens:
@@ -177,23 +186,38 @@ def _literal(text: str, literal: tuple[Range, ...], tok: ModelTokenizer) -> Offs
     return _with_prefix(np.asarray(ids, dtype=np.int32), starts, ends, tok.prefix_ids)
 
 
-def tokenize(rendered: list[Rendered], tok: ModelTokenizer) -> list[Tokens]:
-    """One batch encode of every plain rendering (the tokenizer's threads do the work)."""
+def encode(rendered: list[Rendered], tok: ModelTokenizer) -> list[tokenizers.Encoding]:
+    """One batch encode of every plain rendering: the tokenizer's threads do the work, with the GIL
+    released (what follows, in `tokens_of`, is Python and runs where the rest of the Python work runs)."""
+    texts = [r.text for r in rendered if not r.literal]
+    if tok.token_bytes is not None:
+        return tok.backend.encode_batch_fast(texts, add_special_tokens=False)
+    return tok.backend.encode_batch(texts, add_special_tokens=False)
+
+
+def tokens_of(rendered: list[Rendered], encodings: list[tokenizers.Encoding], tok: ModelTokenizer) -> list[Tokens]:
+    """Tokens of each rendering, from `encode`'s encodings of the plain ones."""
     plain = [i for i, r in enumerate(rendered) if not r.literal]
     out: list[Tokens | None] = [None] * len(rendered)
     table = tok.token_bytes
-    if table is not None:
+    if table is None:
+        for i, encoding in zip(plain, encodings):
+            out[i] = _encoded(encoding, len(rendered[i].text), tok.prefix_ids)
+    else:
         texts = [rendered[i].text for i in plain]
-        encodings = tok.backend.encode_batch_fast(texts, add_special_tokens=False)
         ids = [np.array(e.ids, dtype=np.int32) for e in encodings]
         for i, doc, offsets in zip(plain, ids, spelled_offsets(texts, ids, table)):
             if offsets is not None:
                 out[i] = _with_prefix(doc, *offsets, tok.prefix_ids)
-        plain = [i for i in plain if out[i] is None]
-    encodings = tok.backend.encode_batch([rendered[i].text for i in plain], add_special_tokens=False)
-    for i, encoding in zip(plain, encodings):
-        out[i] = _encoded(encoding, len(rendered[i].text), tok.prefix_ids)
+        again = [i for i in plain if out[i] is None]
+        for i, encoding in zip(again, tok.backend.encode_batch([rendered[i].text for i in again],
+                                                               add_special_tokens=False)):
+            out[i] = _encoded(encoding, len(rendered[i].text), tok.prefix_ids)
     for i, r in enumerate(rendered):
         if r.literal:
             out[i] = _literal(r.text, r.literal, tok)
     return out
+
+
+def tokenize(rendered: list[Rendered], tok: ModelTokenizer) -> list[Tokens]:
+    return tokens_of(rendered, encode(rendered, tok), tok)
