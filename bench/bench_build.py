@@ -189,6 +189,10 @@ def main() -> None:
             print(f"{name:58} {r['seconds']:8.2f} {rate:10,.0f} {rate / floor_rate:9.2f}")
         packed = rows[f"sftdata build --pack, default ({default} worker)"]
         unpacked = rows[f"sftdata build, unpacked, default ({default} worker)"]
+        trl_row = next((r for name, r in rows.items() if name.startswith("TRL")), None)
+        if trl_row:
+            speedup = (packed["tokens"] / packed["seconds"]) / (trl_row["tokens"] / trl_row["seconds"])
+            print(f"\nagainst TRL: the default packed build runs at {speedup:.2f}x TRL's tokens/s")
         pack_s = packed["stages"]["pack_write"]
         print(f"\npacking: its stage takes {pack_s:.2f} s, {pack_s / packed['seconds']:.1%} of the packed build's "
               f"wall time (wall time packed vs unpacked: {packed['seconds'] / unpacked['seconds'] - 1:+.1%}, "
