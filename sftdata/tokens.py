@@ -154,7 +154,10 @@ def spelled_offsets(texts: list[str], ids: list[np.ndarray], table: TokenBytes
         code_points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
         width = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
         char_of_byte = np.append(np.repeat(np.arange(len(joined)), width), len(joined))
-        starts, ends = char_of_byte[starts], char_of_byte[ends - 1] + 1  # a token has at least one byte
+        # a document whose tokens spell more than its text points past the batch's bytes (its offsets
+        # are dropped below); a token has at least one byte
+        starts = char_of_byte[np.minimum(starts, len(data))]
+        ends = char_of_byte[np.clip(ends - 1, 0, len(data))] + 1
     doc_start = np.repeat(char_at[:-1], counts)
     starts, ends, at = (starts - doc_start).tolist(), (ends - doc_start).tolist(), token_at.tolist()
     return [(starts[at[k] : at[k + 1]], ends[at[k] : at[k + 1]]) if spells[k] else None for k in range(len(texts))]

@@ -76,3 +76,14 @@ def test_a_document_its_tokens_do_not_spell_is_encoded_again_with_offsets():
     assert again.ids.tolist() == tok.backend.encode(texts[1], add_special_tokens=False).ids
     answer_at = texts[1].index("si\u0301")
     assert again.span((answer_at, answer_at + 3)) == _literal(texts[1], (), tok).span((answer_at, answer_at + 3))
+
+
+def test_a_document_spelling_more_bytes_than_its_text_is_dropped_not_misread():
+    from sftdata.tokenizer import TokenBytes
+
+    table = TokenBytes.of([b"\xc3\xa9", b"abcd", b"a", b"\xe6\x97\xa5"])  # "é", "abcd", "a", "日"
+    texts = ["é日", "a", "é"]
+    ids = [np.array([0, 3], dtype=np.int32), np.array([1], dtype=np.int32), np.array([0], dtype=np.int32)]
+    assert spelled_offsets(texts, ids, table) == [([0, 1], [1, 2]), None, ([0], [1])]
+    # the last document too (its tokens point past the batch's bytes)
+    assert spelled_offsets(texts[:2], ids[:2], table) == [([0, 1], [1, 2]), None]
