@@ -98,16 +98,13 @@ class OffsetTokens:
 Tokens = EncodedTokens | OffsetTokens
 
 
-def _prefix_to_add(ids: list[int] | np.ndarray, prefix: tuple[int, ...]) -> tuple[int, ...]:
+def _prefix_to_add(ids: list[int], prefix: tuple[int, ...]) -> tuple[int, ...]:
     """The tokenizer's BOS rule, unless the template already wrote it."""
-    if not prefix:
-        return ()
-    start = ids[: len(prefix)]
-    return () if (start.tolist() if isinstance(start, np.ndarray) else start) == list(prefix) else prefix
+    return () if not prefix or ids[: len(prefix)] == list(prefix) else prefix
 
 
 def _with_prefix(ids: np.ndarray, starts: list[int], ends: list[int], prefix: tuple[int, ...]) -> OffsetTokens:
-    add = _prefix_to_add(ids, prefix)
+    add = _prefix_to_add(ids[: len(prefix)].tolist(), prefix)
     if not add:
         return OffsetTokens(ids, starts, ends)
     zeros = [0] * len(add)
@@ -128,6 +125,7 @@ def spelled_offsets(texts: list[str], ids: list[np.ndarray], table: TokenBytes
     gather = np.repeat(table.starts[flat] - starts, lengths) + np.arange(int(ends[-1]) if len(ends) else 0)
     spelled = table.buffer[gather].tobytes()
     joined = "".join(texts)
+    ascii_only = joined.isascii()
     data = joined.encode("utf-8")
     # where each document begins: in its tokens' bytes, in the text's bytes, in characters
     token_at = np.zeros(len(ids) + 1, dtype=np.int64)
@@ -135,7 +133,7 @@ def spelled_offsets(texts: list[str], ids: list[np.ndarray], table: TokenBytes
     spelled_at = np.concatenate([[0], ends])[token_at]
     char_at = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), out=char_at[1:])
-    if joined.isascii():
+    if ascii_only:
         data_at = char_at
     else:
         data_at = np.zeros(len(texts) + 1, dtype=np.int64)
@@ -150,7 +148,7 @@ def spelled_offsets(texts: list[str], ids: list[np.ndarray], table: TokenBytes
     # that character (as the tokenizer's own offsets say)
     shift = np.repeat(data_at[:-1] - spelled_at[:-1], counts)
     starts, ends = starts + shift, ends + shift
-    if not joined.isascii():
+    if not ascii_only:
         code_points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
         width = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
         char_of_byte = np.append(np.repeat(np.arange(len(joined)), width), len(joined))
@@ -223,4 +221,5 @@ def tokens_of(rendered: list[Rendered], encodings: list[tokenizers.Encoding], to
 
 
 def tokenize(rendered: list[Rendered], tok: ModelTokenizer) -> list[Tokens]:
+    """Both steps in one call, where nothing needs to run between them."""
     return tokens_of(rendered, encode(rendered, tok), tok)
