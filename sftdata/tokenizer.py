@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import tokenizers
 
+from .bpe import RankedEncoder, byte_level_alphabet, disagreeing_characters, ranked_pattern
+
 
 class TokenizerError(Exception):
     """The tokenizer or template cannot be used: the build stops and says what to fix."""
@@ -26,13 +28,21 @@ class TokenizerError(Exception):
 
 @dataclass
 class ModelTokenizer:
-    backend: tokenizers.Tokenizer
+    # the Rust tokenizer, or its JSON until something needs it: parsing Llama 3's holds the GIL for half
+    # a second, and a build whose documents tiktoken encodes (bpe.py) never needs it
+    backend_or_json: tokenizers.Tokenizer | str
     chat_template: str
     template_source: str  # where the template came from: the tokenizer's config, or a file
     special_tokens_map: dict[str, str]  # bos_token, eos_token, ... as the template sees them
     special_texts: tuple[str, ...]  # every token string the tokenizer turns into a control token
     prefix_ids: tuple[int, ...]  # what the tokenizer itself prepends (its BOS rule), possibly nothing
     name: str
+
+    @property
+    def backend(self) -> tokenizers.Tokenizer:
+        if isinstance(self.backend_or_json, str):
+            self.backend_or_json = tokenizers.Tokenizer.from_str(self.backend_or_json)
+        return self.backend_or_json
 
     @cached_property
     def fingerprint(self) -> str:
@@ -50,8 +60,17 @@ class ModelTokenizer:
         ordered = sorted(self.special_texts, key=len, reverse=True)
         return re.compile("|".join(re.escape(t) for t in ordered))
 
+    @cached_property
+    def added_ids(self) -> dict[str, int]:
+        return {t.content: i for i, t in self.backend.get_added_tokens_decoder().items()}
+
+    @cached_property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
     def token_id(self, text: str) -> int | None:
-        return self.backend.token_to_id(text)
+        added = self.added_ids.get(text)
+        return added if added is not None else self.backend.token_to_id(text)
 
     @cached_property
     def token_bytes(self) -> TokenBytes | None:
@@ -63,8 +82,33 @@ class ModelTokenizer:
         ids = self.backend.encode(probe, add_special_tokens=False).ids
         if b"".join(spell(i) or b"\0" for i in ids) != probe.encode("utf-8"):
             return None
-        size = max([self.backend.get_vocab_size(with_added_tokens=True) - 1, *spell.added_ids]) + 1
+        size = max([self.vocab_size - 1, *spell.added_ids]) + 1
         return TokenBytes.of([spell(i) for i in range(size)])
+
+    @cached_property
+    def ranked(self) -> dict | None:
+        """What tiktoken needs to encode for this tokenizer (bpe.py), if it encodes exactly as this one:
+        the pre-tokenizer regex, the added tokens, the characters to leave to this tokenizer."""
+        table = self.token_bytes
+        pattern = ranked_pattern(json.loads(self.backend.to_str())) if table is not None else None
+        if pattern is None:
+            return None
+        spec = {"pattern": pattern, "added": self.added_ids}
+        unsafe = disagreeing_characters(self.backend, _ranked_encoder(spec, table))
+        return None if unsafe is None else spec | {"unsafe": unsafe}
+
+    @cached_property
+    def ranked_encoder(self) -> RankedEncoder | None:
+        """tiktoken over this vocabulary where `ranked` allows it (not pickled: each process builds its
+        own, in a tenth of a second)."""
+        return _ranked_encoder(self.ranked, self.token_bytes) if self.ranked is not None else None
+
+    def __getstate__(self) -> dict:
+        # the tokenizer travels as its JSON (as tokenizers pickles it anyway), to be parsed only if used
+        state = {k: v for k, v in self.__dict__.items() if k not in ("ranked_encoder", "literal_backend")}
+        if not isinstance(self.backend_or_json, str):
+            state["backend_or_json"] = self.backend_or_json.to_str()
+        return state
 
     @cached_property
     def literal_backend(self) -> tokenizers.Tokenizer:
@@ -74,30 +118,33 @@ class ModelTokenizer:
         return copy
 
     def to_json(self) -> dict:
-        backend = self.backend.to_str()
+        backend = self.backend_or_json if isinstance(self.backend_or_json, str) else self.backend.to_str()
         self.__dict__.setdefault("fingerprint", _sha256(backend))  # one serialization serves both
         table = self.token_bytes
         return {"backend": backend, "fingerprint": self.fingerprint,
-                "token_bytes": table.to_json() if table is not None else None, "chat_template": self.chat_template,
+                "token_bytes": table.to_json() if table is not None else None, "ranked": self.ranked,
+                "added_ids": self.added_ids, "vocab_size": self.vocab_size, "chat_template": self.chat_template,
                 "template_source": self.template_source, "special_tokens_map": self.special_tokens_map,
                 "special_texts": list(self.special_texts), "prefix_ids": list(self.prefix_ids)}
 
     @classmethod
     def from_json(cls, data: dict, name: str) -> ModelTokenizer:
-        loaded = cls(backend=tokenizers.Tokenizer.from_str(data["backend"]), chat_template=data["chat_template"],
+        loaded = cls(backend_or_json=data["backend"], chat_template=data["chat_template"],
                      template_source=data["template_source"], special_tokens_map=data["special_tokens_map"],
                      special_texts=tuple(data["special_texts"]), prefix_ids=tuple(data["prefix_ids"]), name=name)
         # computed when the entry was written: serializing a large tokenizer again to hash it costs a sixth
         # of a second, spelling its vocabulary a third
         loaded.__dict__["fingerprint"] = data["fingerprint"]
         loaded.__dict__["token_bytes"] = TokenBytes.from_json(data["token_bytes"]) if data["token_bytes"] else None
+        for name in ("ranked", "added_ids", "vocab_size"):
+            loaded.__dict__[name] = data[name]
         return loaded
 
     def summary(self) -> dict:
         return {
             "name": self.name,
             "fingerprint": self.fingerprint,
-            "vocab_size": self.backend.get_vocab_size(with_added_tokens=True),
+            "vocab_size": self.vocab_size,
             "prefix_ids": list(self.prefix_ids),
             "special_tokens": self.special_tokens_map,
         }
@@ -105,20 +152,6 @@ class ModelTokenizer:
 
 # text of every kind a template renders: words, spaces and newlines, numbers, accents, CJK, an emoji
 _SPELLING_PROBE = "Hello, world!\n\n  two  spaces\tand 12345 caf\u00e9 \u65e5\u672c\u8a9e \U0001f642 end.\n"
-
-
-def byte_level_alphabet() -> dict[str, int]:
-    """The byte-level BPE alphabet (GPT-2 style): each byte is one printable character; bytes that are
-    printable Latin-1 stand for themselves, the others are moved past 255 in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    out, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            out[chr(b)] = b
-        else:
-            out[chr(256 + extra)] = b
-            extra += 1
-    return out
 
 
 def _component_types(node) -> set[str]:
@@ -198,6 +231,13 @@ class TokenBytes:
     def from_json(cls, data: dict) -> TokenBytes:
         return cls(np.frombuffer(base64.b64decode(data["buffer"]), dtype=np.uint8),
                    np.frombuffer(base64.b64decode(data["lengths"]), dtype="<i4").astype(np.int64))
+
+
+def _ranked_encoder(spec: dict, table: TokenBytes) -> RankedEncoder:
+    buffer, starts, lengths = table.buffer.tobytes(), table.starts.tolist(), table.lengths.tolist()
+    added_ids = set(spec["added"].values())
+    ranks = {buffer[a : a + n]: i for i, (a, n) in enumerate(zip(starts, lengths)) if n and i not in added_ids}
+    return RankedEncoder(ranks, spec["added"], spec["pattern"], spec.get("unsafe", ""))
 
 
 def tokenizer_fingerprint(backend: tokenizers.Tokenizer) -> str:
@@ -302,7 +342,7 @@ def _load_with_transformers(name_or_path: str) -> ModelTokenizer:
         (),
     )
     return ModelTokenizer(
-        backend=backend,
+        backend_or_json=backend,
         chat_template=template or "",
         template_source="tokenizer",
         special_tokens_map=special_map,

@@ -187,17 +187,26 @@ def _literal(text: str, literal: tuple[Range, ...], tok: ModelTokenizer) -> Offs
     return _with_prefix(np.asarray(ids, dtype=np.int32), starts, ends, tok.prefix_ids)
 
 
-def encode(rendered: list[Rendered], tok: ModelTokenizer) -> list[tokenizers.Encoding]:
-    """One batch encode of every plain rendering: the tokenizer's threads do the work, with the GIL
-    released (what follows, in `tokens_of`, is Python and runs where the rest of the Python work runs)."""
+def encode(rendered: list[Rendered], tok: ModelTokenizer) -> list[tokenizers.Encoding | np.ndarray]:
+    """One batch encode of every plain rendering, with the GIL released: by tiktoken where it encodes
+    exactly as the tokenizer (bpe.py), into ids; by the tokenizer's own threads otherwise, into encodings.
+    What follows, in `tokens_of`, is Python and runs where the rest of the Python work runs."""
     texts = [r.text for r in rendered if not r.literal]
-    if tok.token_bytes is not None:
+    if tok.token_bytes is None:
+        return tok.backend.encode_batch(texts, add_special_tokens=False)
+    ranked = tok.ranked_encoder
+    if ranked is None:
         return tok.backend.encode_batch_fast(texts, add_special_tokens=False)
-    return tok.backend.encode_batch(texts, add_special_tokens=False)
+    mine = [ranked.agrees(t) for t in texts]
+    ours = iter(ranked.encode_batch([t for t, m in zip(texts, mine) if m]))
+    theirs = iter(tok.backend.encode_batch_fast([t for t, m in zip(texts, mine) if not m], add_special_tokens=False)
+                  if not all(mine) else [])
+    return [next(ours) if m else next(theirs) for m in mine]
 
 
-def tokens_of(rendered: list[Rendered], encodings: list[tokenizers.Encoding], tok: ModelTokenizer) -> list[Tokens]:
-    """Tokens of each rendering, from `encode`'s encodings of the plain ones."""
+def tokens_of(rendered: list[Rendered], encodings: list[tokenizers.Encoding | np.ndarray], tok: ModelTokenizer
+              ) -> list[Tokens]:
+    """Tokens of each rendering, from `encode`'s encodings (or ids) of the plain ones."""
     plain = [i for i, r in enumerate(rendered) if not r.literal]
     out: list[Tokens | None] = [None] * len(rendered)
     table = tok.token_bytes
@@ -206,14 +215,15 @@ def tokens_of(rendered: list[Rendered], encodings: list[tokenizers.Encoding], to
             out[i] = _encoded(encoding, len(rendered[i].text), tok.prefix_ids)
     else:
         texts = [rendered[i].text for i in plain]
-        ids = [np.array(e.ids, dtype=np.int32) for e in encodings]
+        ids = [e if isinstance(e, np.ndarray) else np.array(e.ids, dtype=np.int32) for e in encodings]
         for i, doc, offsets in zip(plain, ids, spelled_offsets(texts, ids, table)):
             if offsets is not None:
                 out[i] = _with_prefix(doc, *offsets, tok.prefix_ids)
         again = [i for i in plain if out[i] is None]
-        for i, encoding in zip(again, tok.backend.encode_batch([rendered[i].text for i in again],
-                                                               add_special_tokens=False)):
-            out[i] = _encoded(encoding, len(rendered[i].text), tok.prefix_ids)
+        if again:  # tiktoken's builds need not parse the tokenizer at all (tokenizer.py)
+            for i, encoding in zip(again, tok.backend.encode_batch([rendered[i].text for i in again],
+                                                                   add_special_tokens=False)):
+                out[i] = _encoded(encoding, len(rendered[i].text), tok.prefix_ids)
     for i, r in enumerate(rendered):
         if r.literal:
             out[i] = _literal(r.text, r.literal, tok)
