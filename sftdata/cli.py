@@ -68,8 +68,8 @@ def add_build_parser(sub) -> None:
     p.add_argument("--response-template", metavar="TEXT",
                    help="e.g. '### Assistant:'; used by --masker response-template and as the report's baseline")
     p.add_argument("--workers", type=int, default=0,
-                   help="workers, each rendering while it encodes, so each keeps two cores busy "
-                        "(default: one per two cores; 1 works in this process)")
+                   help="worker processes (default: one per core; 1 works in this process, encoding in a "
+                        "thread while it renders)")
     p.add_argument("--batch-size", type=int, default=BuildConfig.batch_size, help="conversations per task")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

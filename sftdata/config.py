@@ -55,7 +55,7 @@ class BuildConfig:
     response_template: str | None = None  # for --masker response-template, and the report's baseline
     pack: bool = False
     seed: int = 0
-    workers: int = 0  # 0: one per two cores (each renders while it encodes)
+    workers: int = 0  # 0: one per core
     batch_size: int = 256  # conversations per worker task
     shard_tokens: int = 64 * 1024 * 1024  # a new shard starts past this many tokens
 

@@ -1,8 +1,9 @@
 """Running batches: in this process, or in a pool of worker processes with a bounded window.
 
-Each worker (this process, or each pool process) keeps two cores busy: its Python work (rendering,
-masking) overlaps the encoding of the batch before, which runs in a thread with the GIL released. So
-the default is one worker per two cores.
+In this process, the Python work (rendering, masking) overlaps the encoding of the batches before,
+which runs in a thread with the GIL released: one worker keeps up to two cores busy. A pool worker runs
+its batches one after another on one core, since a second thread there would only contend for the GIL
+and the cores with the other workers; the default is a worker per core.
 
 Results come back in input order whatever the number of workers, so the same inputs give the same
 shards. A bounded number of tasks is in flight, so memory does not grow with the dataset.
@@ -22,26 +23,26 @@ from .pipeline import BatchResult, Worker
 from .sources import RawRecord
 from .tokenizer import ModelTokenizer
 
-BATCHES_PER_TASK = 4  # enough for a pool worker to overlap rendering with encoding inside a task
+BATCHES_PER_TASK = 4  # a task per few batches: fewer round trips to the pool
 ENCODE_QUEUE = 4  # rendered batches waiting for the encoder, at most
 
 _worker: Worker | None = None
 
 
 def _init_worker(config: BuildConfig, tokenizer: ModelTokenizer) -> None:
-    # the worker's own encoding thread is its second core: the tokenizer's thread pool would oversubscribe
+    # a core per worker: the tokenizer's own thread pool would oversubscribe them
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     global _worker
     _worker = Worker(config, tokenizer)
 
 
 def _process(task: list[list[RawRecord]]) -> list[BatchResult]:
-    return list(overlapped(_worker, task))
+    return [_worker.process(batch) for batch in task]
 
 
 def default_workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // 2)
+    return max(1, cores)
 
 
 def overlapped(worker: Worker, batches: Iterable[list[RawRecord]]) -> Iterator[BatchResult]:
