@@ -31,6 +31,7 @@ from .shards import (
     Row,
     ShardInfo,
     ShardWriter,
+    numpy_view,
     open_shard,
     write_json_atomic,
 )
@@ -213,11 +214,11 @@ def write_packed(spill_dir: Path, spilled: list[ShardInfo], writer: ShardWriter,
     for info in spilled:  # per record batch: flat zero-copy views of the memory-mapped spill
         for batch in open_shard(spill_dir / info.name).to_batches():
             ids_col, mask_col = batch.column("input_ids"), batch.column("loss_mask")
-            offsets = ids_col.offsets.to_numpy()
-            ids.append((ids_col.values.to_numpy(), offsets))
-            masks.append(mask_col.values.to_numpy())
+            offsets = numpy_view(ids_col.offsets)
+            ids.append((numpy_view(ids_col.values), offsets))
+            masks.append(numpy_view(mask_col.values))
             lens.append(np.diff(offsets))
-            sources.append(batch.column("source_ids").values.to_numpy())
+            sources.append(numpy_view(batch.column("source_ids").values))
     lengths = np.concatenate(lens) if lens else np.zeros(0, np.int64)
     source_ids = np.concatenate(sources) if sources else np.zeros(0, np.int64)
     batch_of = np.repeat(np.arange(len(lens)), [len(x) for x in lens])

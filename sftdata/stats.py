@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .shards import open_build, read_rejects
+from .shards import numpy_view, open_build, read_rejects
 
 if TYPE_CHECKING:
     import polars as pl
@@ -64,12 +64,12 @@ class Segment:
 def _index_segment(batch, seg: int, first_row: int):
     """Document facts of one record batch, vectorized; returns (Segment, dict of arrays, row_tokens)."""
     ids_col, mask_col, lens_col, src_col = (batch.column(i) for i in range(4))
-    ids = ids_col.values.to_numpy()
-    mask = mask_col.values.to_numpy()
-    row_off = ids_col.offsets.to_numpy().astype(np.int64)
-    lens_off = lens_col.offsets.to_numpy().astype(np.int64)
-    lens = lens_col.values.to_numpy().astype(np.int64)[lens_off[0] : lens_off[-1]]
-    srcs = src_col.values.to_numpy().astype(np.int64)[lens_off[0] : lens_off[-1]]
+    ids = numpy_view(ids_col.values)
+    mask = numpy_view(mask_col.values)
+    row_off = numpy_view(ids_col.offsets).astype(np.int64)
+    lens_off = numpy_view(lens_col.offsets).astype(np.int64)
+    lens = numpy_view(lens_col.values).astype(np.int64)[lens_off[0] : lens_off[-1]]
+    srcs = numpy_view(src_col.values).astype(np.int64)[lens_off[0] : lens_off[-1]]
     lens_off = lens_off - lens_off[0]
     per_row = np.diff(lens_off)
     n_rows = batch.num_rows

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sftdata.shards import Row, open_shard, read_manifest
+from sftdata.shards import Row, numpy_view, open_shard, read_manifest
 from sfttrain.attention import position_ids
 from sfttrain.loss import IGNORE_INDEX
 
@@ -126,7 +126,7 @@ class RowStore:
         for shard in self.manifest["shards"]:
             for batch in open_shard(Path(build_dir) / shard["name"]).to_batches():
                 cols = [batch.column(name) for name in ("input_ids", "loss_mask", "seq_lens", "source_ids")]
-                cols = [(c.offsets.to_numpy(), c.values.to_numpy()) for c in cols]
+                cols = [(numpy_view(c.offsets), numpy_view(c.values)) for c in cols]
                 self._cols.append(cols)
                 starts.append(starts[-1] + batch.num_rows)
                 lengths.append(np.diff(cols[0][0]))
