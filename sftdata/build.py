@@ -27,15 +27,17 @@ from .pipeline import BatchResult, Worker
 from .shards import (
     FORMAT_VERSION,
     MANIFEST,
+    MappedShard,
     REJECTS,
     Row,
     ShardInfo,
     ShardWriter,
     numpy_view,
-    open_shard,
     write_json_atomic,
 )
 from .sources import RawRecord, read_inputs
+
+ROWS_PER_RELEASE = 8  # packed rows between releases of the spill's pages: each document read maps 64 KB around it
 
 
 class BuildError(Exception):
@@ -211,8 +213,9 @@ def build(
 def write_packed(spill_dir: Path, spilled: list[ShardInfo], writer: ShardWriter, capacity: int, seed: int) -> dict:
     """Second pass of a packed build: lengths -> rows -> documents copied from the memory-mapped spill."""
     ids, masks, lens, sources = [], [], [], []
-    for info in spilled:  # per record batch: flat zero-copy views of the memory-mapped spill
-        for batch in open_shard(spill_dir / info.name).to_batches():
+    shards = [MappedShard(spill_dir / info.name) for info in spilled]
+    for shard in shards:  # per record batch: flat zero-copy views of the memory-mapped spill
+        for batch in shard.table.to_batches():
             ids_col, mask_col = batch.column("input_ids"), batch.column("loss_mask")
             offsets = numpy_view(ids_col.offsets)
             ids.append((numpy_view(ids_col.values), offsets))
@@ -225,6 +228,9 @@ def write_packed(spill_dir: Path, spilled: list[ShardInfo], writer: ShardWriter,
     local = np.concatenate([np.arange(len(x)) for x in lens]) if lens else np.zeros(0, np.int64)
     order, row_offsets = pack_arrays(lengths, capacity, seed)
     for r in range(len(row_offsets) - 1):
+        if r % ROWS_PER_RELEASE == 0:  # rows gather documents from all over the spill: keep memory flat
+            for shard in shards:
+                shard.release()
         docs = order[row_offsets[r] : row_offsets[r + 1]]
         pieces_ids, pieces_mask = [], []
         for d in docs:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,21 @@ def read_manifest(build_dir: str | os.PathLike) -> dict:
 def open_shard(path: str | os.PathLike) -> pa.Table:
     """A shard as an Arrow table backed by a memory map: nothing is read until it is touched."""
     return pa.ipc.open_stream(pa.memory_map(str(path), "r")).read_all()
+
+
+class MappedShard:
+    """A shard read through a memory map whose pages can be let go: `release()` drops what was touched
+    from this process's resident memory (touched again, pages come back from the page cache). A pass
+    that reads a large shard in random order then holds only what it touched since the last release,
+    where a plain map would end up holding the whole file."""
+
+    def __init__(self, path: str | os.PathLike):
+        with open(path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.table = pa.ipc.open_stream(pa.py_buffer(self._map)).read_all()
+
+    def release(self) -> None:
+        self._map.madvise(mmap.MADV_DONTNEED)
 
 
 def open_build(build_dir: str | os.PathLike) -> tuple[dict, list[pa.Table]]:
