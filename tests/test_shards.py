@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from sftdata.shards import numpy_view
+from sftdata.shards import MappedShard, Row, ShardWriter, numpy_view
 
 from .conftest import FIXTURES, fixture_tokenizer
 
@@ -31,3 +31,18 @@ def test_a_packed_build_does_not_import_pandas(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_mapped_shard_reads_the_same_after_its_pages_are_released(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [Row(rng.integers(0, 50_000, n, dtype=np.int32), rng.integers(0, 2, n, dtype=np.uint8), [n], [i])
+            for i, n in enumerate(rng.integers(1, 3000, 200))]
+    writer = ShardWriter(tmp_path, 1 << 62)
+    writer.write_all(rows)
+    (info,) = writer.close()
+    shard = MappedShard(tmp_path / info.name)
+    views = [numpy_view(batch.column("input_ids").values) for batch in shard.table.to_batches()]  # no copies
+    before = [v.copy() for v in views]
+    shard.release()
+    assert all(np.array_equal(v, b) for v, b in zip(views, before))
+    assert np.array_equal(np.concatenate(before), np.concatenate([r.input_ids for r in rows]))
