@@ -17,7 +17,6 @@ Used only where equality is established, and checked again as the build goes:
 
 from __future__ import annotations
 
-import re
 import sys
 import unicodedata
 
@@ -95,17 +94,22 @@ def _merges_follow_ranks(model: dict) -> bool:
 class RankedEncoder:
     """tiktoken over the same vocabulary; `agrees(text)` says whether it may encode a text."""
 
-    def __init__(self, ranks: dict[bytes, int], added: dict[str, int], pattern: str, unsafe: str = ""):
+    def __init__(self, ranks: dict[bytes, int], added: dict[str, int], pattern: str,
+                 unsafe: list[list[int]] | None = None):
         self._encoding = tiktoken.Encoding("sftdata-ranked-bpe", pat_str=pattern, mergeable_ranks=ranks,
                                            special_tokens=added)
         self._added = added
         # separators to join a batch with, the least used first (reserved tokens come last)
         self._separators = sorted(added, key=added.get, reverse=True)
-        self.unsafe = unsafe
-        self._unsafe = re.compile(f"[{unsafe}]") if unsafe else None
+        # by code point: a lookup per character in C (a regex class of hundreds of ranges scans them all)
+        self._unsafe = np.zeros(sys.maxunicode + 1, dtype=bool)
+        for first, last in unsafe or []:
+            self._unsafe[first : last + 1] = True
 
     def agrees(self, text: str) -> bool:
-        return text.isascii() or self._unsafe is None or self._unsafe.search(text) is None
+        if text.isascii():
+            return True
+        return not self._unsafe[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)].any()
 
     def encode(self, text: str) -> np.ndarray:
         return self._encoding.encode_to_numpy(text, allowed_special="all").astype(np.int32)
@@ -128,8 +132,8 @@ class RankedEncoder:
         return [ids[a:b] for a, b in zip(bounds.tolist(), ends.tolist())]
 
 
-def disagreeing_characters(backend, encoder: RankedEncoder) -> str | None:
-    """The body of a regex character class holding every character tiktoken may not encode: those the
+def disagreeing_characters(backend, encoder: RankedEncoder) -> list[list[int]] | None:
+    """Ranges [first, last] of code points holding every character tiktoken may not encode: those the
     two engines encode differently in some context, and those this Python's Unicode tables do not
     assign (a newer Unicode may class them differently in each engine), surrogates and private use.
     None if an ASCII character is among them: then the engines are not used together at all. Run once
@@ -141,7 +145,7 @@ def disagreeing_characters(backend, encoder: RankedEncoder) -> str | None:
     unsafe = sorted(unsafe + _probe_disagreements(backend, encoder, probed))
     if unsafe and unsafe[0].isascii():
         return None
-    return _char_class(unsafe)
+    return _ranges([ord(c) for c in unsafe])
 
 
 def _probe_disagreements(backend, encoder: RankedEncoder, chars: list[str]) -> list[str]:
@@ -155,13 +159,12 @@ def _probe_disagreements(backend, encoder: RankedEncoder, chars: list[str]) -> l
     return found
 
 
-def _char_class(chars: list[str]) -> str:
-    """`[...]` body for sorted characters, as ranges."""
-    out, i = [], 0
-    while i < len(chars):
-        j = i
-        while j + 1 < len(chars) and ord(chars[j + 1]) == ord(chars[j]) + 1:
-            j += 1
-        out.append(re.escape(chars[i]) + ("-" + re.escape(chars[j]) if j > i else ""))
-        i = j + 1
-    return "".join(out)
+def _ranges(code_points: list[int]) -> list[list[int]]:
+    """Sorted code points as [first, last] runs."""
+    out: list[list[int]] = []
+    for cp in code_points:
+        if out and out[-1][1] == cp - 1:
+            out[-1][1] = cp
+        else:
+            out.append([cp, cp])
+    return out

@@ -237,7 +237,7 @@ def _ranked_encoder(spec: dict, table: TokenBytes) -> RankedEncoder:
     buffer, starts, lengths = table.buffer.tobytes(), table.starts.tolist(), table.lengths.tolist()
     added_ids = set(spec["added"].values())
     ranks = {buffer[a : a + n]: i for i, (a, n) in enumerate(zip(starts, lengths)) if n and i not in added_ids}
-    return RankedEncoder(ranks, spec["added"], spec["pattern"], spec.get("unsafe", ""))
+    return RankedEncoder(ranks, spec["added"], spec["pattern"], spec.get("unsafe"))
 
 
 def tokenizer_fingerprint(backend: tokenizers.Tokenizer) -> str:
@@ -261,8 +261,12 @@ def cache_dir() -> Path | None:
     return None if where == "off" else Path(where) / "tokenizers"
 
 
+# what a cache entry holds changes with the code, not only with sftdata's released version
+CACHE_FORMAT = 2
+
+
 def _cache_key(folder: Path) -> str:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"format={CACHE_FORMAT};".encode())
     for name in ("sftdata", "transformers", "tokenizers"):
         digest.update(f"{name}={metadata.version(name)};".encode())
     for name in TOKENIZER_FILES:
