@@ -318,7 +318,9 @@ def render_conversation(
         raise RecordError(Reason.TEMPLATE_ERROR, str(err)) from None
 
     n = len(messages)
-    sentinels = None if _PRIVATE.search(text) else _sentinel_regions(text, marked, wrap.owner, n)
+    # a rendering holding sentinel-range characters of its own cannot be read by sentinels (isascii is O(1))
+    clean = text.isascii() or not _PRIVATE.search(text)
+    sentinels = _sentinel_regions(text, marked, wrap.owner, n) if clean else None
     regions, found = sentinels or ([None] * n, set())
     for i in wrap.unmarked:
         regions[i] = None

@@ -95,9 +95,12 @@ class ChatTemplate:
         variables = {**self._base_context, "messages": messages, "tools": tools,
                      "add_generation_prompt": add_generation_prompt}
         try:
-            # Template.render, without its copy of the globals (they are in `variables` already)
-            context = self._template.new_context(variables, shared=True)
-            marked = "".join(self._template.root_render_func(context))
+            # Template.render, without its copy of the globals (they are in `variables` already) and
+            # without the set of their names a context takes for `{% import %}`, which chat templates lack
+            template = self._template
+            context = template.environment.context_class(template.environment, variables, template.name,
+                                                         template.blocks)
+            marked = "".join(template.root_render_func(context))
         except jinja2.TemplateError as err:
             raise TemplateRenderError(str(err) or type(err).__name__) from err
         except Exception as err:  # a template can fail like any program: a bad key, a type error
