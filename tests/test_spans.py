@@ -78,3 +78,15 @@ def test_the_template_sandbox_still_refuses_what_it_refused_after_allowing_the_s
     with pytest.raises(TemplateRenderError, match="pop"):
         template.render([{"content": "hi", "tags": tags}], tools)
     assert tags == ["b"]
+
+
+def test_dotted_names_on_a_dict_find_its_methods_before_its_keys_and_the_sandbox_still_guards_them():
+    from sftdata.template import ChatTemplate, TemplateRenderError
+
+    message = {"content": "x", "keys": "shadowed", "update": "shadowed"}
+    reads = ChatTemplate("{% set m = messages[0] %}{{ m.content }}|{{ m.missing is defined }}|"
+                         "{{ m.keys() | list | join(',') }}", {})
+    assert reads.render([message]).text == "x|False|content,keys,update"
+    with pytest.raises(TemplateRenderError, match="update"):
+        ChatTemplate("{{ messages[0].update({'content': 'y'}) }}", {}).render([message])
+    assert message["content"] == "x"
