@@ -68,8 +68,8 @@ def add_build_parser(sub) -> None:
     p.add_argument("--response-template", metavar="TEXT",
                    help="e.g. '### Assistant:'; used by --masker response-template and as the report's baseline")
     p.add_argument("--workers", type=int, default=0,
-                   help="worker processes (default: one per core; 1 works in this process, encoding in a "
-                        "thread while it renders)")
+                   help="workers: this process and N-1 worker processes (default: one per core; with 1 this "
+                        "process works alone, encoding in a thread while it renders)")
     p.add_argument("--batch-size", type=int, default=BuildConfig.batch_size, help="conversations per task")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

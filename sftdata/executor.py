@@ -1,9 +1,10 @@
 """Running batches: in this process, or in a pool of worker processes with a bounded window.
 
-In this process, the Python work (rendering, masking) overlaps the encoding of the batches before,
-which runs in a thread with the GIL released: one worker keeps up to two cores busy. A pool worker runs
-its batches one after another on one core, since a second thread there would only contend for the GIL
-and the cores with the other workers; the default is a worker per core.
+With one worker, this process does everything, and its Python work (rendering, masking) overlaps the
+encoding of the batches before, which runs in a thread with the GIL released. With N workers, a pool of
+N - 1 processes takes tasks and this process takes one whenever the pool has enough queued; each runs
+its batches one after another on one core, since a second thread would only contend for the GIL and
+the cores with the other workers. The default is a worker per core.
 
 Results come back in input order whatever the number of workers, so the same inputs give the same
 shards. A bounded number of tasks is in flight, so memory does not grow with the dataset.
@@ -15,7 +16,7 @@ import itertools
 import multiprocessing
 import os
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Iterable, Iterator
 
 from .config import BuildConfig
@@ -67,18 +68,30 @@ def _tasks(batches: Iterator[list[RawRecord]]) -> Iterator[list[list[RawRecord]]
 
 def run_batches(batches: Iterable[list[RawRecord]], config: BuildConfig, local: Worker,
                 workers: int) -> Iterator[BatchResult]:
+    """Results of every batch, in input order. This process is one of the `workers`: it takes a task
+    itself whenever the pool has enough queued, so the pool needs one process fewer (each costs its
+    start-up: imports, the tokenizer, tiktoken's tables) and the batches it does are never pickled."""
     tasks = _tasks(iter(batches))
-    window = 2 * workers
-    head = list(itertools.islice(tasks, window))
-    if workers <= 1 or len(head) < window:  # small inputs: starting processes would cost more than it saves
+    pool_size = workers - 1
+    window = 2 * pool_size  # tasks queued for the pool, so that no pool worker waits for this process
+    head = list(itertools.islice(tasks, window + 1))
+    if pool_size < 1 or len(head) <= window:  # small inputs: starting processes would cost more than it saves
         yield from overlapped(local, itertools.chain.from_iterable(itertools.chain(head, tasks)))
         return
     context = multiprocessing.get_context("spawn")  # fork after the tokenizer's threads ran can deadlock
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+    with ProcessPoolExecutor(pool_size, mp_context=context, initializer=_init_worker,
                              initargs=(config, local.tokenizer)) as pool:
-        pending = deque(pool.submit(_process, task) for task in head)
-        for task in tasks:
-            yield from pending.popleft().result()
-            pending.append(pool.submit(_process, task))
+        pending: deque[Future | list[BatchResult]] = deque()  # in input order: the pool's, and this process's
+        for task in itertools.chain(head, tasks):
+            queued = sum(isinstance(p, Future) and not p.done() for p in pending)
+            if queued < window:
+                pending.append(pool.submit(_process, task))
+            else:
+                pending.append([local.process(batch) for batch in task])
+            # done results leave at once; the wait for a slow one is bounded, and so is what waits behind it
+            while pending and (not isinstance(pending[0], Future) or pending[0].done() or len(pending) > 2 * window):
+                done = pending.popleft()
+                yield from done.result() if isinstance(done, Future) else done
         while pending:
-            yield from pending.popleft().result()
+            done = pending.popleft()
+            yield from done.result() if isinstance(done, Future) else done
