@@ -7,7 +7,8 @@ the chat template plus one batch encode with offsets by the tokenizers library, 
 build encodes with tiktoken where that gives the same ids: sftdata/bpe.py). When `trl` is installed, its own
 SFT preparation of the same conversations (assistant-only loss, best-fit-decreasing packing, 2
 processes) is measured too. Every figure is measured in this run, each configuration in a fresh
-process, and printed as a ratio against that floor.
+process, the configurations taking turns over several rounds (fastest run kept), and printed as a ratio
+against that floor.
 """
 
 from __future__ import annotations
@@ -119,17 +120,23 @@ def run_build(paths: list[Path], workers: int, pack: bool, out: Path) -> dict:
             "fill": (manifest.get("packing") or {}).get("fill")}
 
 
-def measure(kind: str, paths: list[Path], env: dict | None = None, repeat: int = 2, **kwargs) -> dict:
-    """Runs one configuration in fresh Python processes (none shares warm state or memory); the fastest
-    of `repeat` runs, since a shared machine only ever adds time."""
+def run_child(kind: str, paths: list[Path], env: dict | None = None, **kwargs) -> dict:
+    """One configuration in a fresh Python process (none shares warm state or memory)."""
     request = json.dumps({"kind": kind, "paths": [str(p) for p in paths], **kwargs})
-    runs = []
-    for _ in range(repeat):
-        done = subprocess.run([sys.executable, "-m", "bench.bench_build", "--child", request], check=True,
-                              capture_output=True, text=True, env={**os.environ, **(env or {})},
-                              cwd=Path(__file__).resolve().parents[1])
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return min(runs, key=lambda r: r["seconds"])
+    done = subprocess.run([sys.executable, "-m", "bench.bench_build", "--child", request], check=True,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=Path(__file__).resolve().parents[1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(configurations: dict[str, tuple], paths: list[Path], rounds: int) -> dict[str, dict]:
+    """Each configuration (kind, env, keyword arguments) `rounds` times, taking turns, so that a slow
+    spell of a shared machine falls on all of them; the fastest run of each, since it only ever adds."""
+    runs: dict[str, list[dict]] = {name: [] for name in configurations}
+    for _ in range(rounds):
+        for name, (kind, env, kwargs) in configurations.items():
+            runs[name].append(run_child(kind, paths, env, **kwargs))
+    return {name: min(r, key=lambda run: run["seconds"]) for name, r in runs.items()}
 
 
 def _child(request: str) -> None:
@@ -149,6 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conversations", type=int, default=20_000)
     parser.add_argument("--large", type=int, default=200_000, help="size of the memory comparison (0: skip)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each configuration, taking turns")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -163,23 +171,23 @@ def main() -> None:
         tmp = Path(tmp)
         paths = make_corpus(tmp / "corpus", args.conversations)
         one_thread = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}
-        rows = {
-            "floor: render + encode, 1 process, 1 tokenizer thread": measure("floor", paths, one_thread),
-            "floor: render + encode, 1 process": measure("floor", paths),
-            "sftdata build --pack, 1 worker (in process)": measure("build", paths, workers=1, pack=True,
-                                                                   out=str(tmp / "o1")),
+        def build_run(workers: int, pack: bool) -> tuple:
+            return "build", None, {"workers": workers, "pack": pack, "out": str(tmp / f"out-{workers}-{pack}")}
+
+        configurations = {
+            "floor: render + encode, 1 process, 1 tokenizer thread": ("floor", one_thread, {}),
+            "floor: render + encode, 1 process": ("floor", None, {}),
+            "sftdata build --pack, 1 worker (in process)": build_run(1, True),
         }
         if default != 2:
-            rows["sftdata build --pack, 2 worker processes"] = measure("build", paths, workers=2, pack=True,
-                                                                       out=str(tmp / "o2"))
-        rows[f"sftdata build --pack, default ({default} workers)"] = measure("build", paths, workers=0, pack=True,
-                                                                            out=str(tmp / "o3"))
-        rows[f"sftdata build, unpacked, default ({default} workers)"] = measure("build", paths, workers=0,
-                                                                               pack=False, out=str(tmp / "o4"))
+            configurations["sftdata build --pack, 2 workers"] = build_run(2, True)
+        configurations[f"sftdata build --pack, default ({default} workers)"] = build_run(0, True)
+        configurations[f"sftdata build, unpacked, default ({default} workers)"] = build_run(0, False)
+        rows = measure(configurations, paths, args.rounds)
         try:
             import trl
 
-            rows[f"TRL {trl.__version__} SFTTrainer preparation, 2 processes"] = measure("trl", paths, repeat=1)
+            rows[f"TRL {trl.__version__} SFTTrainer preparation, 2 processes"] = run_child("trl", paths)
         except ImportError:
             print("TRL is not installed: its row is left out (pip install trl to compare)")
         floor = rows["floor: render + encode, 1 process"]
@@ -198,13 +206,13 @@ def main() -> None:
             print(f"\nagainst TRL: the default packed build runs at {speedup:.2f}x TRL's tokens/s")
         pack_s = packed["stages"]["pack_write"]
         print(f"\npacking: its stage takes {pack_s:.2f} s, {pack_s / packed['seconds']:.1%} of the packed build's "
-              f"wall time (wall time packed vs unpacked: {packed['seconds'] / unpacked['seconds'] - 1:+.1%}, "
-              f"within run-to-run noise); fill {packed['fill']:.2%}")
+              f"wall time (wall time packed vs unpacked: {packed['seconds'] / unpacked['seconds'] - 1:+.1%}); "
+              f"fill {packed['fill']:.2%}")
         stages = packed["stages"]
         print("stage seconds (summed over workers): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
         if args.large:
             big_paths = make_corpus(tmp / "corpus_large", args.large)
-            big = measure("build", big_paths, workers=0, pack=True, out=str(tmp / "o5"), repeat=1)
+            big = run_child("build", big_paths, workers=0, pack=True, out=str(tmp / "large"))
             small_rss = packed["rss_mb"] + packed["worker_rss_mb"]
             big_rss = big["rss_mb"] + big["worker_rss_mb"]
             print(f"\npeak RSS (main + largest worker): {args.conversations:,} conversations {small_rss:,.0f} MB, "

@@ -53,6 +53,9 @@ class Worker:
         self.template = ChatTemplate(self.tokenizer.chat_template, self.tokenizer.special_tokens_map,
                                      config.template_date)
         self.facts = probe_template(self.template, self.tokenizer.special_pattern)
+        # whether tiktoken may encode is decided once, here (cached with the tokenizer): pool workers get
+        # the verdict with the tokenizer instead of each comparing the two libraries again
+        self.tokenizer.ranked
         if config.masker is Masker.RESPONSE_TEMPLATE:
             if not config.response_template:
                 raise ValueError("--masker response-template needs --response-template TEXT")
