@@ -26,6 +26,9 @@ from .tokenizer import ModelTokenizer
 
 BATCHES_PER_TASK = 4  # a task per few batches: fewer round trips to the pool
 ENCODE_QUEUE = 4  # rendered batches waiting for the encoder, at most
+# a pool process costs about as much CPU before its first batch (imports, the tokenizer, tiktoken's
+# tables) as three tasks' work: fewer tasks than this are done here
+MIN_TASKS_FOR_POOL = 8
 
 _worker: Worker | None = None
 
@@ -74,8 +77,8 @@ def run_batches(batches: Iterable[list[RawRecord]], config: BuildConfig, local: 
     tasks = _tasks(iter(batches))
     pool_size = workers - 1
     window = 2 * pool_size  # tasks queued for the pool, so that no pool worker waits for this process
-    head = list(itertools.islice(tasks, window + 1))
-    if pool_size < 1 or len(head) <= window:  # small inputs: starting processes would cost more than it saves
+    head = list(itertools.islice(tasks, max(window + 1, MIN_TASKS_FOR_POOL)))
+    if pool_size < 1 or len(head) < max(window + 1, MIN_TASKS_FOR_POOL):
         yield from overlapped(local, itertools.chain.from_iterable(itertools.chain(head, tasks)))
         return
     context = multiprocessing.get_context("spawn")  # fork after the tokenizer's threads ran can deadlock

@@ -108,10 +108,23 @@ def test_shards_have_the_documented_layout_and_open_everywhere(full_build):
     assert json.loads((out / "manifest.json").read_text())["config"]["tokenizer"] == CHATML
 
 
-def test_same_inputs_give_byte_identical_shards_with_any_worker_count(tmp_path):
+def test_same_inputs_give_byte_identical_shards_with_any_worker_count(tmp_path, monkeypatch):
+    from sftdata import executor
+
+    pools = []
+
+    class CountedPool(executor.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(executor, "ProcessPoolExecutor", CountedPool)
     inputs = [DATA / "messages.jsonl", DATA / "sharegpt.json", DATA / "traps.jsonl"]
-    one = build(inputs, tmp_path / "one", BuildConfig(tokenizer=LLAMA3, workers=1, batch_size=2))
-    two = build(inputs, tmp_path / "two", BuildConfig(tokenizer=LLAMA3, workers=2, batch_size=2))
+    one = build(inputs, tmp_path / "one", BuildConfig(tokenizer=LLAMA3, workers=1, batch_size=1))
+    assert not pools
+    # 36 records in batches of 1: enough tasks for a pool, and this process takes some of them too
+    two = build(inputs, tmp_path / "two", BuildConfig(tokenizer=LLAMA3, workers=2, batch_size=1))
+    assert len(pools) == 1
     assert [s["sha256"] for s in one["shards"]] == [s["sha256"] for s in two["shards"]]
     assert (tmp_path / "one" / "rejects.jsonl").read_bytes() == (tmp_path / "two" / "rejects.jsonl").read_bytes()
     assert one["counts"] == two["counts"]
