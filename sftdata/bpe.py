@@ -121,12 +121,10 @@ class RankedEncoder:
             return []
         joined_texts = "".join(texts)
         separator = next((s for s in self._separators if s not in joined_texts), None)
-        if separator is None:
+        ids = self.encode(separator.join(texts)) if separator is not None else None
+        cuts = np.flatnonzero(ids == self._added[separator]) if ids is not None else None
+        if cuts is None or len(cuts) != len(texts) - 1:  # no free separator, or an added token spans a join
             return [self.encode(t) for t in texts]
-        ids = self.encode(separator.join(texts))
-        cuts = np.flatnonzero(ids == self._added[separator])
-        if len(cuts) != len(texts) - 1:
-            raise AssertionError(f"expected {len(texts) - 1} separators in a joined batch, found {len(cuts)}")
         bounds = np.concatenate([[0], cuts + 1])
         ends = np.append(cuts, len(ids))
         return [ids[a:b] for a, b in zip(bounds.tolist(), ends.tolist())]
