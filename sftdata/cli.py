@@ -70,7 +70,7 @@ def add_build_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="workers: this process and N-1 worker processes (default: one per core; with 1 this "
                         "process works alone, encoding in a thread while it renders)")
-    p.add_argument("--batch-size", type=int, default=BuildConfig.batch_size, help="conversations per task")
+    p.add_argument("--batch-size", type=int, default=BuildConfig.batch_size, help="conversations per batch: the unit of work a worker takes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-report", dest="report", action="store_false",

@@ -56,7 +56,7 @@ class BuildConfig:
     pack: bool = False
     seed: int = 0
     workers: int = 0  # 0: one per core
-    batch_size: int = 256  # conversations per worker task
+    batch_size: int = 256  # conversations per batch, the unit of work a worker takes
     shard_tokens: int = 64 * 1024 * 1024  # a new shard starts past this many tokens
 
     def to_json(self) -> dict:

@@ -2,12 +2,12 @@
 
 With one worker, this process does everything, and its Python work (rendering, masking) overlaps the
 encoding of the batches before, which runs in a thread with the GIL released. With N workers, a pool of
-N - 1 processes takes tasks and this process takes one whenever the pool has enough queued; each runs
-its batches one after another on one core, since a second thread would only contend for the GIL and
+N - 1 processes takes batches and this process takes one whenever the pool has enough queued; each
+runs its batches one after another on one core, since a second thread would only contend for the GIL and
 the cores with the other workers. The default is a worker per core.
 
 Results come back in input order whatever the number of workers, so the same inputs give the same
-shards. A bounded number of tasks is in flight, so memory does not grow with the dataset.
+shards. A bounded number of batches is in flight, so memory does not grow with the dataset.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from .pipeline import BatchResult, Worker
 from .sources import RawRecord
 from .tokenizer import ModelTokenizer
 
-BATCHES_PER_TASK = 4  # a task per few batches: fewer round trips to the pool
 ENCODE_QUEUE = 4  # rendered batches waiting for the encoder, at most
 # a pool process costs about as much CPU before its first batch (imports, the tokenizer, tiktoken's
-# tables) as three tasks' work: fewer tasks than this are done here
-MIN_TASKS_FOR_POOL = 8
+# tables) as a dozen batches' work: smaller inputs are done here
+MIN_BATCHES_FOR_POOL = 32
 
 _worker: Worker | None = None
 
@@ -40,8 +39,8 @@ def _init_worker(config: BuildConfig, tokenizer: ModelTokenizer) -> None:
     _worker = Worker(config, tokenizer)
 
 
-def _process(task: list[list[RawRecord]]) -> list[BatchResult]:
-    return [_worker.process(batch) for batch in task]
+def _process(batch: list[RawRecord]) -> BatchResult:
+    return _worker.process(batch)
 
 
 def default_workers() -> int:
@@ -64,37 +63,36 @@ def overlapped(worker: Worker, batches: Iterable[list[RawRecord]]) -> Iterator[B
             yield worker.finish(pending.popleft().result())
 
 
-def _tasks(batches: Iterator[list[RawRecord]]) -> Iterator[list[list[RawRecord]]]:
-    while task := list(itertools.islice(batches, BATCHES_PER_TASK)):
-        yield task
-
-
 def run_batches(batches: Iterable[list[RawRecord]], config: BuildConfig, local: Worker,
                 workers: int) -> Iterator[BatchResult]:
-    """Results of every batch, in input order. This process is one of the `workers`: it takes a task
+    """Results of every batch, in input order. This process is one of the `workers`: it takes a batch
     itself whenever the pool has enough queued, so the pool needs one process fewer (each costs its
-    start-up: imports, the tokenizer, tiktoken's tables) and the batches it does are never pickled."""
-    tasks = _tasks(iter(batches))
+    start-up: imports, the tokenizer, tiktoken's tables) and the batches it does are never pickled.
+    A batch at a time keeps the pool and this process evenly loaded to the last batch."""
+    batches = iter(batches)
     pool_size = workers - 1
-    window = 2 * pool_size  # tasks queued for the pool, so that no pool worker waits for this process
-    head = list(itertools.islice(tasks, max(window + 1, MIN_TASKS_FOR_POOL)))
-    if pool_size < 1 or len(head) < max(window + 1, MIN_TASKS_FOR_POOL):
-        yield from overlapped(local, itertools.chain.from_iterable(itertools.chain(head, tasks)))
+    window = 4 * pool_size  # batches queued for the pool, so that no pool worker waits for this process
+    head = list(itertools.islice(batches, max(window + 1, MIN_BATCHES_FOR_POOL)))
+    if pool_size < 1 or len(head) < max(window + 1, MIN_BATCHES_FOR_POOL):
+        yield from overlapped(local, itertools.chain(head, batches))
         return
     context = multiprocessing.get_context("spawn")  # fork after the tokenizer's threads ran can deadlock
-    with ProcessPoolExecutor(pool_size, mp_context=context, initializer=_init_worker,
-                             initargs=(config, local.tokenizer)) as pool:
-        pending: deque[Future | list[BatchResult]] = deque()  # in input order: the pool's, and this process's
-        for task in itertools.chain(head, tasks):
+    pool = ProcessPoolExecutor(pool_size, mp_context=context, initializer=_init_worker,
+                               initargs=(config, local.tokenizer))
+    try:
+        pending: deque[Future | BatchResult] = deque()  # in input order: the pool's, and this process's
+        for batch in itertools.chain(head, batches):
             queued = sum(isinstance(p, Future) and not p.done() for p in pending)
-            if queued < window:
-                pending.append(pool.submit(_process, task))
-            else:
-                pending.append([local.process(batch) for batch in task])
+            pending.append(pool.submit(_process, batch) if queued < window else local.process(batch))
             # done results leave at once; the wait for a slow one is bounded, and so is what waits behind it
-            while pending and (not isinstance(pending[0], Future) or pending[0].done() or len(pending) > 2 * window):
-                done = pending.popleft()
-                yield from done.result() if isinstance(done, Future) else done
+            while pending and (not isinstance(pending[0], Future) or pending[0].done() or len(pending) > 4 * workers):
+                yield _result(pending.popleft())
         while pending:
-            done = pending.popleft()
-            yield from done.result() if isinstance(done, Future) else done
+            yield _result(pending.popleft())
+    finally:
+        # the pool's processes exit on their own: the build's last, serial steps need not wait for them
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _result(done: Future | BatchResult) -> BatchResult:
+    return done.result() if isinstance(done, Future) else done
