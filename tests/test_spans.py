@@ -90,3 +90,34 @@ def test_dotted_names_on_a_dict_find_its_methods_before_its_keys_and_the_sandbox
     with pytest.raises(TemplateRenderError, match="update"):
         ChatTemplate("{{ messages[0].update({'content': 'y'}) }}", {}).render([message])
     assert message["content"] == "x"
+
+
+@pytest.mark.parametrize("tokenizer", ["llama3-bpe", "chatml-bpe", "gemma-spm", "mistral-spm"])
+def test_reading_sentinels_in_order_agrees_with_reading_them_one_by_one(tokenizer, monkeypatch):
+    """The shortcut for fields rendered once and in order must give what the general reading gives, and
+    leave alone what it cannot read (a field rendered twice, out of order, or dropped)."""
+    from sftdata import spans
+
+    worker = Worker(BuildConfig(tokenizer=fixture_tokenizer(tokenizer)))
+    cases = []
+    for trap in TRAPS.values():
+        try:
+            conv = worker.conversation(RawRecord(0, 0, InputFormat.MESSAGES, trap))
+        except Exception:
+            continue
+        wrap = _Wrapper()
+        try:
+            text = worker.template.render(template_messages(conv.messages), conv.tools).text
+            marked = worker.template.render(template_messages(conv.messages, wrap), conv.tools).text
+        except Exception:
+            continue
+        cases.append((text, marked, wrap.owner, len(conv.messages)))
+    # a field rendered twice, and two fields swapped
+    text, marked, owner, n = cases[0]
+    cases.append((text + text, marked + marked, owner, n))
+    swapped = marked.replace("\U000F0000", "\0").replace("\U000F0002", "\U000F0000").replace("\0", "\U000F0002")
+    cases.append((text, swapped, owner, n))
+    shortcut = [spans._sentinel_regions(*case) for case in cases]
+    monkeypatch.setattr(spans, "_in_order", lambda fields: "\U0010FFFF")  # never found: the general reading
+    assert shortcut == [spans._sentinel_regions(*case) for case in cases]
+    assert sum(r is not None and all(v is not None for v in r[0]) for r in shortcut) >= len(cases) - 2
