@@ -253,3 +253,11 @@ def test_unreadable_inputs_stop_the_build_with_the_file_named(tmp_path):
         build([tmp_path / "missing.jsonl"], tmp_path / "o", BuildConfig(tokenizer=CHATML))
     with pytest.raises(BuildError, match="no inputs"):
         build([], tmp_path / "o", BuildConfig(tokenizer=CHATML))
+
+
+def test_a_build_leaves_the_garbage_collector_as_it_found_it(tmp_path):
+    import gc
+
+    before = gc.get_threshold(), gc.get_freeze_count()
+    build([DATA / "messages.jsonl"], tmp_path / "out", BuildConfig(tokenizer=LLAMA3, workers=1))
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
