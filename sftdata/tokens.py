@@ -199,8 +199,8 @@ def encode(rendered: list[Rendered], tok: ModelTokenizer) -> list[tokenizers.Enc
         return tok.backend.encode_batch_fast(texts, add_special_tokens=False)
     mine = [ranked.agrees(t) for t in texts]
     ours = iter(ranked.encode_batch([t for t, m in zip(texts, mine) if m]))
-    theirs = iter(tok.backend.encode_batch_fast([t for t, m in zip(texts, mine) if not m], add_special_tokens=False)
-                  if not all(mine) else [])
+    others = [t for t, m in zip(texts, mine) if not m]  # none, mostly: then the tokenizer is never parsed
+    theirs = iter(tok.backend.encode_batch_fast(others, add_special_tokens=False) if others else [])
     return [next(ours) if m else next(theirs) for m in mine]
 
 
