@@ -35,27 +35,31 @@ GC_THRESHOLD = 10_000  # allocations between young-generation collections (Pytho
 _worker: Worker | None = None
 
 
-@contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
+def _collect_less() -> tuple[int, ...]:
     """A build allocates millions of small containers that die young (token lists, spans, dicts for the
     template): the cyclic collector, run every 700 of them by default, spent about 4 % of the per-record
-    instructions re-walking them. Raised for the build, then put back (a library call leaves the
-    interpreter as it found it)."""
-    threshold = gc.get_threshold()
+    instructions re-walking them. Returns the thresholds it replaced."""
+    previous = gc.get_threshold()
     gc.freeze()  # what exists before the build (modules, the tokenizer) is never walked again
-    gc.set_threshold(GC_THRESHOLD, *threshold[1:])
+    gc.set_threshold(GC_THRESHOLD, *previous[1:])
+    return previous
+
+
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """`_collect_less` for the build, then put back: a library call leaves the interpreter as it found it."""
+    previous = _collect_less()
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
+        gc.set_threshold(*previous)
         gc.unfreeze()
 
 
 def _init_worker(config: BuildConfig, tokenizer: ModelTokenizer) -> None:
     # a core per worker: the tokenizer's own thread pool would oversubscribe them
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    _collect_less()  # a pool process is the build's for its whole life
     global _worker
     _worker = Worker(config, tokenizer)
 
