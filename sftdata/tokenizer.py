@@ -136,8 +136,8 @@ class ModelTokenizer:
         # of a second, spelling its vocabulary a third
         loaded.__dict__["fingerprint"] = data["fingerprint"]
         loaded.__dict__["token_bytes"] = TokenBytes.from_json(data["token_bytes"]) if data["token_bytes"] else None
-        for name in ("ranked", "added_ids", "vocab_size"):
-            loaded.__dict__[name] = data[name]
+        for key in ("ranked", "added_ids", "vocab_size"):
+            loaded.__dict__[key] = data[key]
         return loaded
 
     def summary(self) -> dict:
@@ -267,7 +267,7 @@ CACHE_FORMAT = 3
 
 def _cache_key(folder: Path) -> str:
     digest = hashlib.sha256(f"format={CACHE_FORMAT};".encode())
-    for name in ("sftdata", "transformers", "tokenizers"):
+    for name in ("sftdata", "transformers", "tokenizers", "tiktoken"):  # tiktoken: the comparison in `ranked`
         digest.update(f"{name}={metadata.version(name)};".encode())
     for name in TOKENIZER_FILES:
         if (folder / name).is_file():
