@@ -171,6 +171,7 @@ def main() -> None:
         tmp = Path(tmp)
         paths = make_corpus(tmp / "corpus", args.conversations)
         one_thread = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}
+
         def build_run(workers: int, pack: bool) -> tuple:
             return "build", None, {"workers": workers, "pack": pack, "out": str(tmp / f"out-{workers}-{pack}")}
 
