@@ -60,9 +60,10 @@ def ranked_pattern(config: dict) -> str | None:
             or split.get("invert") or byte_level.get("type") != "ByteLevel" or byte_level.get("use_regex")
             or byte_level.get("add_prefix_space")):
         return None
-    added = [t["content"] for t in config.get("added_tokens", [])]
-    if any(t.get("lstrip") or t.get("rstrip") or t.get("single_word") for t in config.get("added_tokens", [])):
+    added_tokens = config.get("added_tokens", [])
+    if any(t.get("lstrip") or t.get("rstrip") or t.get("single_word") for t in added_tokens):
         return None
+    added = [t["content"] for t in added_tokens]
     # tokenizers matches added tokens longest first, tiktoken's regex first listed first: same only
     # when no added token begins another
     if any(a != b and b.startswith(a) for a in added for b in added):

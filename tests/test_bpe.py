@@ -12,8 +12,8 @@ from sftdata.bpe import _probe_disagreements, ranked_pattern
 from sftdata.spans import Rendered
 from sftdata.tokenizer import _ranked_encoder, load_tokenizer
 from sftdata.tokens import encode, tokenize
-from tests.conftest import fixture_tokenizer, requires_shared, shared_tokenizer
-from tests.test_tokens import SPELLING_TEXTS
+from .conftest import fixture_tokenizer, requires_shared, shared_tokenizer
+from .test_tokens import SPELLING_TEXTS
 
 # what BPE engines are known to split differently: runs and periodic strings, contractions in any case,
 # the long s and Kelvin sign that fold to ASCII letters, digits in groups, whitespace of every kind
