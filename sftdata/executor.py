@@ -4,7 +4,8 @@ With one worker, this process does everything, and its Python work (rendering, m
 encoding of the batches before, which runs in a thread with the GIL released. With N workers, a pool of
 N - 1 processes takes batches and this process takes one whenever the pool has enough queued; each
 runs its batches one after another on one core, since a second thread would only contend for the GIL and
-the cores with the other workers. The default is a worker per core.
+the cores with the other workers. Once the input is read, this process takes back the batches the pool
+has not started, so no core idles at the end. The default is a worker per core.
 
 Results come back in input order whatever the number of workers, so the same inputs give the same
 shards. A bounded number of batches is in flight, so memory does not grow with the dataset.
@@ -17,9 +18,11 @@ import gc
 import itertools
 import multiprocessing
 import os
+import sys
+import threading
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 from .config import BuildConfig
 from .pipeline import BatchResult, Worker
@@ -27,9 +30,11 @@ from .sources import RawRecord
 from .tokenizer import ModelTokenizer
 
 ENCODE_QUEUE = 4  # rendered batches waiting for the encoder, at most
-# a pool process costs about as much CPU before its first batch (imports, the tokenizer, tiktoken's
-# tables) as a dozen batches' work: smaller inputs are done here
-MIN_BATCHES_FOR_POOL = 32
+QUEUED_PER_PROCESS = 4  # batches queued for each pool process, so that none waits for this one
+# a pool process costs CPU before its first batch: a forked one a few batches' work (copying the page
+# tables, then the pages it writes), a spawned one about a dozen (imports, the tokenizer, tiktoken's
+# tables); smaller inputs are done here
+MIN_BATCHES_FOR_POOL = {"fork": 8, "spawn": 32}
 GC_THRESHOLD = 10_000  # allocations between young-generation collections (Python's default: 700)
 
 _worker: Worker | None = None
@@ -98,31 +103,64 @@ def run_batches(batches: Iterable[list[RawRecord]], config: BuildConfig, local: 
         yield from _run(iter(batches), config, local, workers)
 
 
+def _start_method() -> str:
+    """`fork` where it is safe, `spawn` elsewhere. A forked process starts with this one's imports,
+    tokenizer, tiktoken tables and compiled template (about 0.65 s of CPU that a spawned one spends
+    building them again). Only on Linux (macOS system libraries do not survive fork), and only from a
+    process running no other Python thread, which could hold a lock the child would inherit held; the
+    native pools of numpy and the tokenizers library handle fork themselves."""
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
 def _run(batches: Iterator[list[RawRecord]], config: BuildConfig, local: Worker, workers: int
          ) -> Iterator[BatchResult]:
     pool_size = workers - 1
-    window = 4 * pool_size  # batches queued for the pool, so that no pool worker waits for this process
-    head = list(itertools.islice(batches, max(window + 1, MIN_BATCHES_FOR_POOL)))
-    if pool_size < 1 or len(head) < max(window + 1, MIN_BATCHES_FOR_POOL):
+    window = QUEUED_PER_PROCESS * pool_size
+    start_method = _start_method()
+    enough = max(window + 1, MIN_BATCHES_FOR_POOL[start_method])
+    head = list(itertools.islice(batches, enough))
+    if pool_size < 1 or len(head) < enough:
         yield from overlapped(local, itertools.chain(head, batches))
         return
-    context = multiprocessing.get_context("spawn")  # fork after the tokenizer's threads ran can deadlock
-    pool = ProcessPoolExecutor(pool_size, mp_context=context, initializer=_init_worker,
-                               initargs=(config, local.tokenizer))
+    pool = ProcessPoolExecutor(pool_size, mp_context=multiprocessing.get_context(start_method),
+                               initializer=_init_worker, initargs=(config, local.tokenizer))
     try:
-        pending: deque[Future | BatchResult] = deque()  # in input order: the pool's, and this process's
+        pending: deque[_Queued | BatchResult] = deque()  # in input order: the pool's, and this process's
         for batch in itertools.chain(head, batches):
-            queued = sum(isinstance(p, Future) and not p.done() for p in pending)
-            pending.append(pool.submit(_process, batch) if queued < window else local.process(batch))
+            queued = sum(isinstance(p, _Queued) and not p.future.done() for p in pending)
+            pending.append(_Queued(pool.submit(_process, batch), batch) if queued < window else local.process(batch))
             # done results leave at once; the wait for a slow one is bounded, and so is what waits behind it
-            while pending and (not isinstance(pending[0], Future) or pending[0].done() or len(pending) > 4 * workers):
+            while pending and (_ready(pending[0]) or len(pending) > 4 * workers):
                 yield _result(pending.popleft())
         while pending:
+            if not _ready(pending[0]):
+                _take_back_one(pending, local)
             yield _result(pending.popleft())
     finally:
         # the pool's processes exit on their own: the build's last, serial steps need not wait for them
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _result(done: Future | BatchResult) -> BatchResult:
-    return done.result() if isinstance(done, Future) else done
+class _Queued(NamedTuple):
+    future: Future
+    batch: list[RawRecord]
+
+
+def _ready(item: _Queued | BatchResult) -> bool:
+    return not isinstance(item, _Queued) or item.future.done()
+
+
+def _take_back_one(pending: deque, local: Worker) -> None:
+    """The input is read and the oldest result is not ready: rather than wait, this process does the
+    newest batch the pool has not started (the pool works from the oldest)."""
+    for k in range(len(pending) - 1, -1, -1):
+        item = pending[k]
+        if isinstance(item, _Queued) and item.future.cancel():
+            pending[k] = local.process(item.batch)
+            return
+
+
+def _result(item: _Queued | BatchResult) -> BatchResult:
+    return item.future.result() if isinstance(item, _Queued) else item

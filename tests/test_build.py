@@ -108,14 +108,16 @@ def test_shards_have_the_documented_layout_and_open_everywhere(full_build):
     assert json.loads((out / "manifest.json").read_text())["config"]["tokenizer"] == CHATML
 
 
-def test_same_inputs_give_byte_identical_shards_with_any_worker_count(tmp_path, monkeypatch):
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_same_inputs_give_byte_identical_shards_with_any_worker_count(tmp_path, monkeypatch, start_method):
     from sftdata import executor
 
     pools = []
+    monkeypatch.setattr(executor, "_start_method", lambda: start_method)
 
     class CountedPool(executor.ProcessPoolExecutor):
         def __init__(self, *args, **kwargs):
-            pools.append(self)
+            pools.append(kwargs["mp_context"].get_start_method())
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(executor, "ProcessPoolExecutor", CountedPool)
@@ -124,10 +126,34 @@ def test_same_inputs_give_byte_identical_shards_with_any_worker_count(tmp_path, 
     assert not pools
     # 36 records in batches of 1: enough tasks for a pool, and this process takes some of them too
     two = build(inputs, tmp_path / "two", BuildConfig(tokenizer=LLAMA3, workers=2, batch_size=1))
-    assert len(pools) == 1
+    assert pools == [start_method]
     assert [s["sha256"] for s in one["shards"]] == [s["sha256"] for s in two["shards"]]
     assert (tmp_path / "one" / "rejects.jsonl").read_bytes() == (tmp_path / "two" / "rejects.jsonl").read_bytes()
     assert one["counts"] == two["counts"]
+
+
+def test_once_the_input_is_read_this_process_takes_back_batches_the_pool_has_not_started():
+    from collections import deque
+    from concurrent.futures import Future
+
+    from sftdata.executor import _Queued, _take_back_one
+
+    class Local:
+        def process(self, batch):
+            return f"done here: {batch}"
+
+    running, unstarted_old, unstarted_new = Future(), Future(), Future()
+    running.set_running_or_notify_cancel()
+    pending = deque([_Queued(running, ["a"]), _Queued(unstarted_old, ["b"]), "done before",
+                     _Queued(unstarted_new, ["c"])])
+    _take_back_one(pending, Local())
+    # the newest unstarted batch is done here, in its place; the pool keeps the rest
+    assert pending[3] == "done here: ['c']" and unstarted_new.cancelled()
+    assert pending[1].future is unstarted_old and not unstarted_old.cancelled()
+    _take_back_one(pending, Local())
+    assert pending[1] == "done here: ['b']"
+    _take_back_one(pending, Local())  # a batch the pool has started stays with the pool
+    assert pending[0].future is running and not running.cancelled()
 
 
 def test_special_text_policies(tmp_path):
