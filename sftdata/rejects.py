@@ -15,7 +15,7 @@ class Reason(str, Enum):
     TOO_LONG = "too_long"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reject:
     source_id: int
     reason: Reason

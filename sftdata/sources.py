@@ -24,7 +24,7 @@ class InputError(Exception):
     """An input that cannot be read at all: the build stops and says which and why."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RawRecord:
     source_id: int
     input_index: int  # which input file it came from

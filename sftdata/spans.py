@@ -38,7 +38,7 @@ _PRIVATE = re.compile("[\U000F0000-\U0010FFFF]")
 Range = tuple[int, int]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TemplateFacts:
     """What probing the template once tells: the text before an assistant turn, and what closes it."""
 
@@ -46,7 +46,7 @@ class TemplateFacts:
     end_of_turn: str | None  # special token text closing an assistant turn; None if the template has none
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageSpan:
     role: str
     train: bool
@@ -57,7 +57,7 @@ class MessageSpan:
     eot: Range | None = None  # the end-of-turn token text closing a trained turn, checked trained
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rendered:
     source_id: int
     text: str

@@ -67,7 +67,7 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RenderedText:
     text: str
     generation: tuple[tuple[int, int], ...]  # {% generation %} blocks as [start, end) of `text`
