@@ -105,17 +105,14 @@ def probe_template(template: ChatTemplate, special_pattern: re.Pattern | None) -
 
 def resolve_train_flags(messages: Sequence[Message], policy: TrainOn) -> list[bool]:
     """Which messages are targets: the policy, overridden by each message's own `train` flag."""
-    last_assistant = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=-1)
-    flags = []
-    for i, m in enumerate(messages):
-        if policy is TrainOn.ALL:
-            default = True
-        elif policy is TrainOn.LAST:
-            default = i == last_assistant
-        else:
-            default = m.role == "assistant"
-        flags.append(m.train if m.train is not None else default)
-    return flags
+    if policy is TrainOn.ALL:
+        defaults = [True] * len(messages)
+    elif policy is TrainOn.LAST:
+        last = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=-1)
+        defaults = [i == last for i in range(len(messages))]
+    else:
+        defaults = [m.role == "assistant" for m in messages]
+    return [d if m.train is None else m.train for m, d in zip(messages, defaults)]
 
 
 def _is_empty_turn(message: Message) -> bool:
@@ -142,10 +139,13 @@ class _Wrapper:
         k = len(self.owner)
         self.owner.append(message_index)
         self.kind.append(kind)
+        opening, closing = chr(SENTINEL_BASE + 2 * k), chr(SENTINEL_BASE + 2 * k + 1)
+        if not (text[0].isspace() or text[-1].isspace()):  # most fields: no whitespace to keep outside
+            return opening + text + closing
         core = text.strip()
         lead = text[: len(text) - len(text.lstrip())] if core else text
         trail = text[len(text.rstrip()) :] if core else ""
-        return f"{lead}{chr(SENTINEL_BASE + 2 * k)}{core}{chr(SENTINEL_BASE + 2 * k + 1)}{trail}"
+        return f"{lead}{opening}{core}{closing}{trail}"
 
 
 def _plain(text: str, _index: int, _kind: str = "content") -> str:
@@ -394,6 +394,8 @@ def _fields(m: Message) -> Iterator[tuple[str, str]]:
 
 def _reject_special_text(messages: Sequence[Message], pattern: re.Pattern) -> None:
     for i, m in enumerate(messages):
+        if not (m.reasoning or m.tool_calls or pattern.search(m.content)):
+            continue  # the common case, without going through every field
         for field, value in _fields(m):
             found = pattern.search(value)
             if found:

@@ -209,18 +209,19 @@ class TokenBytes:
     """Every token id's bytes laid end to end: `buffer[starts[i] : starts[i] + lengths[i]]`."""
 
     buffer: np.ndarray  # uint8
-    lengths: np.ndarray  # int64, by token id; 0 for an id with no spelling (its documents fail the check)
-    starts: np.ndarray = field(init=False)
+    lengths: np.ndarray  # int32, by token id; 0 for an id with no spelling (its documents fail the check)
+    starts: np.ndarray = field(init=False)  # int32: a batch's offsets are computed in int32, half the memory
 
     def __post_init__(self):
-        starts = np.zeros(len(self.lengths), dtype=np.int64)
+        object.__setattr__(self, "lengths", self.lengths.astype(np.int32))
+        starts = np.zeros(len(self.lengths), dtype=np.int32)
         np.cumsum(self.lengths[:-1], out=starts[1:])
         object.__setattr__(self, "starts", starts)
 
     @classmethod
     def of(cls, spellings: list[bytes | None]) -> TokenBytes:
         spelled = [b or b"" for b in spellings]
-        lengths = np.fromiter(map(len, spelled), dtype=np.int64, count=len(spelled))
+        lengths = np.fromiter(map(len, spelled), dtype=np.int32, count=len(spelled))
         return cls(np.frombuffer(b"".join(spelled), dtype=np.uint8), lengths)
 
     def to_json(self) -> dict:
@@ -230,7 +231,7 @@ class TokenBytes:
     @classmethod
     def from_json(cls, data: dict) -> TokenBytes:
         return cls(np.frombuffer(base64.b64decode(data["buffer"]), dtype=np.uint8),
-                   np.frombuffer(base64.b64decode(data["lengths"]), dtype="<i4").astype(np.int64))
+                   np.frombuffer(base64.b64decode(data["lengths"]), dtype="<i4"))
 
 
 def _ranked_encoder(spec: dict, table: TokenBytes) -> RankedEncoder:

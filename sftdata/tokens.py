@@ -122,10 +122,10 @@ def spelled_offsets(texts: list[str], ids: list[np.ndarray], table: TokenBytes
     ends = np.cumsum(lengths)
     starts = ends - lengths
     # the batch's tokens' bytes, end to end: each token's bytes copied from its place in the table
-    gather = np.repeat(table.starts[flat] - starts, lengths) + np.arange(int(ends[-1]) if len(ends) else 0)
+    gather = np.repeat(table.starts[flat] - starts, lengths) + np.arange(int(ends[-1]) if len(ends) else 0,
+                                                                         dtype=np.int32)
     spelled = table.buffer[gather].tobytes()
     joined = "".join(texts)
-    ascii_only = joined.isascii()
     data = joined.encode("utf-8")
     # where each document begins: in its tokens' bytes, in the text's bytes, in characters
     token_at = np.zeros(len(ids) + 1, dtype=np.int64)
@@ -133,12 +133,12 @@ def spelled_offsets(texts: list[str], ids: list[np.ndarray], table: TokenBytes
     spelled_at = np.concatenate([[0], ends])[token_at]
     char_at = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), out=char_at[1:])
+    ascii_only = joined.isascii()
     if ascii_only:
         data_at = char_at
-    else:
-        data_at = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts)),
-                  out=data_at[1:])
+    else:  # a character begins at each byte that is not a UTF-8 continuation byte (10xxxxxx)
+        begins = (np.frombuffer(data, dtype=np.uint8) & 0xC0) != 0x80
+        data_at = np.append(np.flatnonzero(begins), len(data))[char_at]
     if spelled == data and np.array_equal(spelled_at, data_at):
         spells = [True] * len(texts)
     else:
@@ -149,11 +149,10 @@ def spelled_offsets(texts: list[str], ids: list[np.ndarray], table: TokenBytes
     shift = np.repeat(data_at[:-1] - spelled_at[:-1], counts)
     starts, ends = starts + shift, ends + shift
     if not ascii_only:
-        code_points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
-        width = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
-        char_of_byte = np.append(np.repeat(np.arange(len(joined)), width), len(joined))
+        char_of_byte = np.cumsum(begins, dtype=np.int32) - 1
         # a document whose tokens spell more than its text points past the batch's bytes (its offsets
         # are dropped below); a token has at least one byte
+        char_of_byte = np.append(char_of_byte, len(joined))
         starts = char_of_byte[np.minimum(starts, len(data))]
         ends = char_of_byte[np.clip(ends - 1, 0, len(data))] + 1
     doc_start = np.repeat(char_at[:-1], counts)
