@@ -34,6 +34,7 @@ SENTINEL_BASE = 0xF0000
 MAX_FIELDS = (0xFFFFD - SENTINEL_BASE) // 2
 _SENTINEL_SPLIT = re.compile("([\U000F0000-\U000FFFFD])")
 _PRIVATE = re.compile("[\U000F0000-\U0010FFFF]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON may escape one alone (`"\\ud800"`): not valid Unicode
 
 Range = tuple[int, int]
 
@@ -339,8 +340,13 @@ def render_conversation(
         raise RecordError(Reason.TEMPLATE_ERROR, str(err)) from None
 
     n = len(messages)
-    # a rendering holding sentinel-range characters of its own cannot be read by sentinels (isascii is O(1))
-    clean = text.isascii() or not _PRIVATE.search(text)
+    ascii_text = text.isascii()  # O(1)
+    if not ascii_text and (surrogate := _SURROGATE.search(text)):
+        raise RecordError(Reason.MALFORMED, f"the rendered text holds a lone UTF-16 surrogate "
+                          f"(U+{ord(surrogate.group()):04X} at character {surrogate.start()}): not valid "
+                          "Unicode, and no tokenizer encodes it")
+    # a rendering holding sentinel-range characters of its own cannot be read by sentinels
+    clean = ascii_text or not _PRIVATE.search(text)
     sentinels = _sentinel_regions(text, marked, wrap.owner, n) if clean else None
     regions, found = sentinels or ([None] * n, set())
     for i in wrap.unmarked:

@@ -81,10 +81,12 @@ def test_malformed_records_get_their_own_reasons(full_build):
         "truncated_json": "malformed_record", "array": "malformed_record", "missing_role": "malformed_record",
         "unknown_role": "malformed_record", "image_part": "malformed_record",
         "messages_not_list": "malformed_record", "no_assistant": "no_trainable_tokens",
-        "literal_im_end": "special_token_in_content",
+        "literal_im_end": "special_token_in_content", "lone_surrogate": "malformed_record",
     }
     assert "line 2" in by_line[1]["detail"]  # the reason names where the problem is
     assert "wizard" in next(r["detail"] for k, r in by_line.items() if ids[k] == "unknown_role")
+    # not valid Unicode: no tokenizer encodes it, and it once stopped the whole build
+    assert "U+D83D" in next(r["detail"] for k, r in by_line.items() if ids[k] == "lone_surrogate")
 
 
 def test_shards_have_the_documented_layout_and_open_everywhere(full_build):
