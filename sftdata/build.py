@@ -180,6 +180,9 @@ def build(
             "fingerprint": local.tokenizer.template_fingerprint,
             "header": local.facts.header,
             "end_of_turn": local.facts.end_of_turn,
+            # once per conversation where it provably passes message text through, else twice (spans.py)
+            "renders": 2 if local.template.passthrough_refusal else 1,
+            **({"why_two_renders": local.template.passthrough_refusal} if local.template.passthrough_refusal else {}),
         },
         "config": config.to_json(),
         "inputs": [

@@ -5,7 +5,9 @@ Method (no knowledge of template families needed):
 2. Render it again with every message field (content, reasoning, tool-call names) wrapped in a pair of
    unique private-use sentinel characters, placed inside the field's leading/trailing whitespace so a
    template that trims still sees them. Removing the sentinels must give `text` back exactly; then the
-   sentinel positions are the fields' character ranges in `text`.
+   sentinel positions are the fields' character ranges in `text`. For a template proven to pass field
+   text through untouched (passthrough.py), the marked rendering with its sentinels removed *is* `text`,
+   and step 1 is skipped wherever every sentinel pair is there once, in order.
 3. A message whose sentinels did not survive intact (a template that splits or tests content, e.g.
    Qwen3 cutting `<think>` out of it) is located by difference instead: render once more with only that
    message changed; the part of `text` that differs is the message.
@@ -190,25 +192,53 @@ def template_messages(messages: Sequence[Message], wrap=_plain, only: int | None
 # -- locating messages -----------------------------------------------------------------------------
 
 
+def _in_order_cuts(marked: str, fields: int) -> list[int] | None:
+    """Where each sentinel is, if every field's pair is there, one field after another (the common case,
+    found with one scan for each sentinel in turn)."""
+    cuts, at = [], 0
+    for sentinel in _in_order(fields):
+        at = marked.find(sentinel, at)
+        if at < 0:
+            return None
+        cuts.append(at)
+    return cuts
+
+
+def _without(marked: str, cuts: list[int]) -> str:
+    return "".join([marked[a + 1 : b] for a, b in zip([-1, *cuts], [*cuts, len(marked)])])
+
+
+def _regions_at(cuts: list[int], owner: list[int], n_messages: int) -> list[list[Range]]:
+    regions: list[list[Range]] = [[] for _ in range(n_messages)]
+    for field, message in enumerate(owner):
+        regions[message].append((cuts[2 * field] - 2 * field, cuts[2 * field + 1] - 2 * field - 1))
+    return regions
+
+
+def _read_once(marked: str, owner: list[int], n_messages: int
+               ) -> tuple[str | None, tuple[list[list[Range]], set[int]] | None]:
+    """The rendering as is and each message's ranges in it, from the marked rendering alone, for a template
+    that passes text through (passthrough.py): (None, None) where its sentinels are not all there in order,
+    or the text left has sentinel-range characters (of its own, or of a field rendered twice)."""
+    cuts = _in_order_cuts(marked, len(owner))
+    if cuts is None:
+        return None, None
+    text = _without(marked, cuts)
+    if not text.isascii() and _PRIVATE.search(text):
+        return None, None
+    return text, (_regions_at(cuts, owner, n_messages), set(range(len(owner))))
+
+
 def _sentinel_regions(text: str, marked: str, owner: list[int], n_messages: int
                       ) -> tuple[list[list[Range] | None], set[int]] | None:
     """Each message's ranges in `text` (None where its sentinels did not survive intact) and the fields
     found at all; None unless removing the sentinels from `marked` gives `text` back exactly."""
+    cuts = _in_order_cuts(marked, len(owner))
+    # every field rendered once, in order, and nothing else between them (a sentinel rendered twice would
+    # be left in the text)
+    if cuts is not None and _without(marked, cuts) == text:
+        return _regions_at(cuts, owner, n_messages), set(range(len(owner)))
     regions: list[list[Range] | None] = [[] for _ in range(n_messages)]
-    # the common case, found with one scan for each sentinel in turn: every field rendered once, in
-    # order, and nothing else between them (a sentinel rendered twice would be left in the text)
-    cuts, at = [], 0
-    for sentinel in _in_order(len(owner)):
-        at = marked.find(sentinel, at)
-        if at < 0:
-            break
-        cuts.append(at)
-    else:
-        if "".join(marked[a + 1 : b] for a, b in zip([-1, *cuts], [*cuts, len(marked)])) == text:
-            for field, message in enumerate(owner):
-                opened, closed = cuts[2 * field] - 2 * field, cuts[2 * field + 1] - 2 * field - 1
-                regions[message].append((opened, closed))
-            return regions, set(range(len(owner)))
     parts = _SENTINEL_SPLIT.split(marked)  # text, sentinel, text, sentinel, ..., text
     if "".join(parts[::2]) != text:
         return None
@@ -331,28 +361,35 @@ def render_conversation(
     flags = resolve_train_flags(messages, train_on)
     if special_pattern is not None and special_text is SpecialText.REJECT:
         _reject_special_text(messages, special_pattern)
+    n = len(messages)
+    wrap = _Wrapper()
+    text, sentinels, generation = None, None, ()
     try:
-        rendered = template.render(template_messages(messages), conv.tools)
-        text = rendered.text
-        wrap = _Wrapper()
-        marked = template.render(template_messages(messages, wrap), conv.tools).text
+        if template.passthrough_refusal is None:
+            marked = template.render(template_messages(messages, wrap), conv.tools).text
+            text, sentinels = _read_once(marked, wrap.owner, n)
+        if text is None:  # the plain rendering first: an error it raises names no sentinels
+            rendered = template.render(template_messages(messages), conv.tools)
+            text, generation = rendered.text, rendered.generation
+            if template.passthrough_refusal is not None:
+                marked = template.render(template_messages(messages, wrap), conv.tools).text
     except TemplateRenderError as err:
         raise RecordError(Reason.TEMPLATE_ERROR, str(err)) from None
 
-    n = len(messages)
     ascii_text = text.isascii()  # O(1)
     if not ascii_text and (surrogate := _SURROGATE.search(text)):
         raise RecordError(Reason.MALFORMED, f"the rendered text holds a lone UTF-16 surrogate "
                           f"(U+{ord(surrogate.group()):04X} at character {surrogate.start()}): not valid "
                           "Unicode, and no tokenizer encodes it")
-    # a rendering holding sentinel-range characters of its own cannot be read by sentinels
-    clean = ascii_text or not _PRIVATE.search(text)
-    sentinels = _sentinel_regions(text, marked, wrap.owner, n) if clean else None
+    if sentinels is None:
+        # a rendering holding sentinel-range characters of its own cannot be read by sentinels
+        clean = ascii_text or not _PRIVATE.search(text)
+        sentinels = _sentinel_regions(text, marked, wrap.owner, n) if clean else None
     regions, found = sentinels or ([None] * n, set())
     for i in wrap.unmarked:
         regions[i] = None
     unrendered = tuple(sorted({wrap.kind[k] for k in range(len(wrap.owner)) if k not in found})) if sentinels else ()
-    method = "generation" if rendered.generation else "sentinel"
+    method = "generation" if generation else "sentinel"
     try:
         for i in range(n):
             if regions[i] is None:
@@ -372,7 +409,7 @@ def render_conversation(
             continue
         start, end = data[0][0], max(b for _, b in data)
         lo, hi = _neighbours(ranges, i, start, end, len(text))
-        turn, header, eot = _turn(text, m, start, end, lo, hi, facts, rendered.generation)
+        turn, header, eot = _turn(text, m, start, end, lo, hi, facts, generation)
         if not train or train_on is TrainOn.ALL:  # under --train-on all the mask starts from every token
             spans.append(MessageSpan(m.role, train, tuple(data), turn))
             continue

@@ -18,6 +18,8 @@ import jinja2
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .passthrough import refusal
+
 # Supplementary private-use plane 16 marks {% generation %} blocks during rendering; plane 15 is for
 # the per-message sentinels of span finding (spans.py). Neither occurs in real text in practice, and a
 # text that has them is detected and handled by the slower method.
@@ -87,6 +89,10 @@ class ChatTemplate:
         self.source = source
         self.special_tokens = dict(special_tokens)
         self.has_generation_blocks = bool(_GENERATION_TAG.search(source))
+        # None when the template provably copies message text into its output untouched: span finding
+        # then renders each conversation once instead of twice (passthrough.py); otherwise, why not
+        self.passthrough_refusal = ("it has generation blocks" if self.has_generation_blocks
+                                    else refusal(env.parse(source)))
         # what every render sees besides its messages; Template.render would merge it from a ChainMap of
         # globals on each call, a third of the time of rendering a short conversation
         self._base_context = {**self._template.globals, **self.special_tokens}

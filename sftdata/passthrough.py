@@ -1,0 +1,300 @@
+"""Whether a chat template passes message text through untouched, decided once from its syntax tree.
+
+Span finding renders a conversation twice: as is, and with sentinels around each message field
+(spans.py). When the template only copies field text into its output (as is, trimmed, concatenated;
+never compared, measured, searched or split), the rendering with sentinels, once they are removed, is
+the rendering as is, and one rendering does. `refusal` proves that for a template or says why it cannot:
+it interprets the Jinja syntax tree over a few kinds of values, and refuses whatever it does not know.
+A refused template is rendered twice per conversation, as before.
+
+The kinds of values:
+- clean: holds no message field text (roles, tools, special tokens, numbers, loop counters);
+- field: a message's `content` or `reasoning_content` as given. Wrapping a non-empty field in sentinels
+  keeps it a non-empty string and leaves an empty one as it is, so its truth and its type are the same;
+- text: a string built from field text (trimmed, concatenated): it may only go on into the output or into
+  more text, or be asked whether it is a string or none. Not its truth: a field of only whitespace,
+  trimmed, is empty, but not with its sentinels;
+- message, messages: one message, or a list of them; taken apart only by their keys and indices.
+Names are tracked without regard to scope or order (each name holds the join of everything assigned to
+it), so the analysis runs to a fixed point and is conservative.
+"""
+
+from __future__ import annotations
+
+from jinja2 import nodes
+
+CLEAN, FIELD, TEXT, MESSAGE, MESSAGES = "clean", "field", "text", "message", "messages"
+FIELD_KEYS = frozenset({"content", "reasoning_content"})  # what spans.template_messages wraps (tool calls aside)
+FIELD_TESTS = frozenset({"string", "none", "defined", "undefined"})  # answered alike with sentinels
+CONTAINER_TESTS = frozenset({"defined", "undefined", "none", "mapping", "sequence", "iterable"})
+
+
+class _Refused(Exception):
+    pass
+
+
+def refusal(template: nodes.Template) -> str | None:
+    """None if the template passes message text through untouched; otherwise why that is not proven."""
+    analysis = _Analysis()
+    try:
+        for _ in range(32):  # kinds only grow, through a handful of names: a fixed point comes fast
+            analysis.changed = False
+            analysis.statements(template.body)
+            if not analysis.changed:
+                return None
+        return "its names did not settle"
+    except _Refused as why:
+        return str(why)
+
+
+def _join(a: str, b: str) -> str:
+    if a == b or b == CLEAN:
+        return a
+    if a == CLEAN:
+        return b
+    if {a, b} <= {FIELD, TEXT}:
+        return TEXT
+    raise _Refused(f"a value is either {a} or {b}")
+
+
+def _tainted(kind: str) -> bool:
+    return kind in (FIELD, TEXT)
+
+
+class _Analysis:
+    def __init__(self):
+        self.names: dict[str, str] = {"messages": MESSAGES}  # and "ns.attr" for namespace attributes
+        self.namespaces: set[str] = set()  # names of namespaces with an attribute that is not clean
+        self.macros: dict[str, str] = {}  # what each macro outputs
+        self.changed = False
+
+    def bind(self, name: str, kind: str) -> None:
+        old = self.names.get(name, CLEAN)
+        new = _join(old, kind)
+        if new != old:
+            self.names[name], self.changed = new, True
+            if "." in name:
+                self.namespaces.add(name.split(".")[0])
+
+    # -- statements: each returns the kind of what it outputs -------------------------------------------
+
+    def statements(self, body: list[nodes.Node]) -> str:
+        out = CLEAN
+        for node in body:
+            out = _join(out, self.statement(node))
+        return out
+
+    def statement(self, node: nodes.Node) -> str:
+        if isinstance(node, nodes.Output):
+            out = CLEAN
+            for child in node.nodes:
+                kind = self.expr(child)
+                if kind in (MESSAGE, MESSAGES):
+                    raise _Refused("it outputs a message as a whole")
+                out = _join(out, TEXT if _tainted(kind) else CLEAN)
+            return out
+        if isinstance(node, nodes.If):
+            self.truth(node.test)
+            out = self.statements(node.body)
+            for branch in node.elif_:
+                self.truth(branch.test)
+                out = _join(out, self.statements(branch.body))
+            return _join(out, self.statements(node.else_))
+        if isinstance(node, nodes.For):
+            return self.loop(node)
+        if isinstance(node, nodes.Assign):
+            self.assign(node.target, self.expr(node.node))
+            return CLEAN
+        if isinstance(node, nodes.AssignBlock):
+            if node.filter is not None:
+                raise _Refused("it filters a block it assigns")
+            self.assign(node.target, TEXT if _tainted(self.statements(node.body)) else CLEAN)
+            return CLEAN
+        if isinstance(node, nodes.Macro):
+            for arg in node.args:
+                self.bind(arg.name, CLEAN)  # every call must pass clean arguments (see `call`)
+            for default in node.defaults:
+                self.clean(default, "a macro's default")
+            old = self.macros.get(node.name, CLEAN)
+            new = _join(old, self.statements(node.body))
+            if new != old:
+                self.macros[node.name], self.changed = new, True
+            return CLEAN
+        if isinstance(node, nodes.ExprStmt):
+            self.clean(node.node, "a `do` statement")
+            return CLEAN
+        if isinstance(node, nodes.With):
+            for target, value in zip(node.targets, node.values):
+                self.assign(target, self.expr(value))
+            return self.statements(node.body)
+        if isinstance(node, (nodes.Scope, nodes.ScopedEvalContextModifier, nodes.EvalContextModifier)):
+            return self.statements(node.body)
+        if isinstance(node, (nodes.Continue, nodes.Break)):
+            return CLEAN
+        raise _Refused(f"it uses `{type(node).__name__}`, which this analysis does not know")
+
+    def loop(self, node: nodes.For) -> str:
+        items = self.expr(node.iter)
+        if items not in (CLEAN, MESSAGES):
+            raise _Refused(f"it iterates over {items}")
+        if node.recursive:
+            raise _Refused("it has a recursive loop")
+        self.assign(node.target, MESSAGE if items == MESSAGES else CLEAN)
+        if node.test is not None:
+            self.truth(node.test)
+        return _join(self.statements(node.body), self.statements(node.else_))
+
+    def assign(self, target: nodes.Node, kind: str) -> None:
+        if isinstance(target, nodes.Name):
+            self.bind(target.name, kind)
+        elif isinstance(target, nodes.NSRef):
+            self.bind(f"{target.name}.{target.attr}", kind)
+        elif isinstance(target, nodes.Tuple) and kind == CLEAN:
+            for item in target.items:
+                self.assign(item, CLEAN)
+        else:
+            raise _Refused(f"it unpacks {kind} into several names")
+
+    # -- expressions ----------------------------------------------------------------------------------
+
+    def clean(self, node: nodes.Node, what: str) -> None:
+        kind = self.expr(node)
+        if kind != CLEAN:
+            raise _Refused(f"{what} is given {kind}")
+
+    def truth(self, node: nodes.Node) -> None:
+        """Tests whose answer is the same with and without sentinels."""
+        if isinstance(node, (nodes.And, nodes.Or)):
+            self.truth(node.left)
+            self.truth(node.right)
+        elif isinstance(node, nodes.Not):
+            self.truth(node.node)
+        elif self.expr(node) == TEXT:
+            raise _Refused("it tests the truth of text built from a field")
+
+    def expr(self, node: nodes.Node) -> str:
+        if isinstance(node, (nodes.Const, nodes.TemplateData)):
+            return CLEAN
+        if isinstance(node, nodes.Name):
+            # a namespace holding field text, and the loop (its items may be messages), are read only
+            # through their attributes (`member`), never passed on where an alias would escape the analysis
+            if node.name in self.namespaces or node.name == "loop":
+                raise _Refused(f"it passes on `{node.name}` as a whole")
+            return self.names.get(node.name, CLEAN)
+        if isinstance(node, (nodes.Getattr, nodes.Getitem)):
+            return self.member(node)
+        if isinstance(node, nodes.Call):
+            return self.call(node)
+        if isinstance(node, nodes.Filter):
+            return self.filter(node)
+        if isinstance(node, nodes.Test):
+            return self.test(node)
+        if isinstance(node, (nodes.Add, nodes.Concat)):
+            operands = [node.left, node.right] if isinstance(node, nodes.Add) else node.nodes
+            kinds = [self.expr(n) for n in operands]
+            if MESSAGE in kinds or MESSAGES in kinds:
+                raise _Refused("it concatenates a message as a whole")
+            return TEXT if any(map(_tainted, kinds)) else CLEAN
+        if isinstance(node, (nodes.And, nodes.Or)):
+            self.truth(node.left)
+            return _join(self.expr(node.left), self.expr(node.right))
+        if isinstance(node, nodes.Not):
+            self.truth(node.node)
+            return CLEAN
+        if isinstance(node, nodes.CondExpr):
+            self.truth(node.test)
+            return _join(self.expr(node.expr1), self.expr(node.expr2) if node.expr2 is not None else CLEAN)
+        if isinstance(node, nodes.Compare):
+            self.clean(node.expr, "a comparison")
+            for op in node.ops:
+                self.clean(op.expr, "a comparison")
+            return CLEAN
+        if isinstance(node, (nodes.BinExpr, nodes.UnaryExpr)):
+            for child in node.iter_child_nodes():
+                self.clean(child, f"`{node.operator}`")
+            return CLEAN
+        if isinstance(node, (nodes.List, nodes.Tuple, nodes.Dict, nodes.Pair, nodes.Keyword, nodes.Slice)):
+            for child in node.iter_child_nodes():
+                self.clean(child, f"a {type(node).__name__.lower()}")
+            return CLEAN
+        raise _Refused(f"it uses `{type(node).__name__}`, which this analysis does not know")
+
+    def member(self, node: nodes.Getattr | nodes.Getitem) -> str:
+        key = node.attr if isinstance(node, nodes.Getattr) else None
+        if isinstance(node, nodes.Getitem):
+            if isinstance(node.arg, nodes.Const):
+                key = node.arg.value
+            elif not isinstance(node.arg, nodes.Slice):
+                self.clean(node.arg, "an index")
+        if isinstance(node.node, nodes.Name) and node.node.name in self.namespaces:
+            if not isinstance(key, str):
+                raise _Refused("it reads a namespace holding field text by a computed key")
+            return self.names.get(f"{node.node.name}.{key}", CLEAN)
+        if isinstance(node.node, nodes.Name) and node.node.name == "loop":
+            if key in ("previtem", "nextitem") or not isinstance(node, nodes.Getattr):
+                raise _Refused("it reads the loop's items")
+            return CLEAN
+        base = self.expr(node.node)
+        if base == CLEAN:
+            return CLEAN
+        if base == MESSAGES:
+            if isinstance(node, nodes.Getitem):
+                if isinstance(node.arg, nodes.Slice):
+                    self.expr(node.arg)
+                    return MESSAGES
+                return MESSAGE
+            raise _Refused(f"it reads `.{key}` of the message list")
+        if base == MESSAGE and isinstance(key, str):
+            if isinstance(node, nodes.Getattr) and hasattr(dict, key):
+                raise _Refused(f"it calls `.{key}` of a message")  # items(), values(), ...: `get` is in `call`
+            if key in FIELD_KEYS:
+                return FIELD
+            if key == "tool_calls":
+                raise _Refused("it renders tool calls")
+            return CLEAN
+        raise _Refused(f"it takes a part of {base} (`{key if key is not None else '[...]'}`)")
+
+    def call(self, node: nodes.Call) -> str:
+        callee = node.node
+        plain_args = not node.kwargs and node.dyn_args is None and node.dyn_kwargs is None
+        if isinstance(callee, nodes.Getattr):
+            owner = self.expr(callee.node)
+            if _tainted(owner) and callee.attr == "strip" and not node.args and plain_args:
+                return TEXT
+            if (owner == MESSAGE and callee.attr == "get" and plain_args and 1 <= len(node.args) <= 2
+                    and isinstance(node.args[0], nodes.Const)):
+                if len(node.args) == 2:
+                    self.clean(node.args[1], "a default")
+                key = node.args[0].value
+                if key == "tool_calls":
+                    raise _Refused("it renders tool calls")
+                return FIELD if key in FIELD_KEYS else CLEAN
+        for child in node.iter_child_nodes():
+            self.clean(child, "a call")  # the callee too: a method of a field (`split`, `startswith`) is refused
+        if isinstance(callee, nodes.Name) and callee.name in self.macros:
+            return self.macros[callee.name]
+        return CLEAN
+
+    def filter(self, node: nodes.Filter) -> str:
+        value = self.expr(node.node) if node.node is not None else CLEAN
+        for child in [*node.args, *node.kwargs, node.dyn_args, node.dyn_kwargs]:
+            if child is not None:
+                self.clean(child, f"filter `{node.name}`")
+        if value == CLEAN:
+            return CLEAN
+        if _tainted(value) and node.name == "trim" and not node.args and not node.kwargs:
+            return TEXT
+        if value == MESSAGES and node.name in ("length", "count"):
+            return CLEAN
+        if value == MESSAGES and node.name in ("first", "last"):
+            return MESSAGE
+        raise _Refused(f"it applies `{node.name}` to {value}")
+
+    def test(self, node: nodes.Test) -> str:
+        value = self.expr(node.node)
+        for child in [*node.args, *node.kwargs]:
+            self.clean(child, f"test `{node.name}`")
+        if (value == CLEAN or (_tainted(value) and node.name in FIELD_TESTS)
+                or (value in (MESSAGE, MESSAGES) and node.name in CONTAINER_TESTS)):
+            return CLEAN
+        raise _Refused(f"it tests whether {value} is `{node.name}`")

@@ -1,0 +1,190 @@
+"""Rendering once: which templates provably pass message text through, and that one rendering then gives
+exactly what two give."""
+
+import json
+import re
+
+import pytest
+
+from sftdata import spans
+from sftdata.config import BuildConfig, TrainOn
+from sftdata.conversation import Conversation, Message
+from sftdata.pipeline import Worker
+from sftdata.rejects import RecordError
+from sftdata.sources import RawRecord, read_inputs
+from sftdata.template import ChatTemplate
+
+from .conftest import FIXTURES, SHARED, fixture_tokenizer, requires_shared
+
+# contents that tell a template passing text through from one that looks at it
+CONTENTS = ["Hello", "  padded \n", "   ", "", "<think>x</think>answer", "None", "a\nb", "system"]
+CONVERSATIONS = [
+    [Message("system", system), Message("user", user), Message("assistant", reply)]
+    for system in ("", "   ", "Be brief.") for user in CONTENTS for reply in CONTENTS[::-1][:4]
+] + [[Message("user", u), Message("assistant", a)] for u in CONTENTS for a in CONTENTS]
+
+LOOP = "{% for m in messages %}{{ '<' + m.role + '>' }}BODY{% endfor %}"
+
+PASSING = {
+    "trimmed and concatenated": LOOP.replace("BODY", "{{ m.content | trim + '|' }}"),
+    "its truth, as given": LOOP.replace("BODY", "{% if m.content %}{{ m.content }}{% else %}(empty){% endif %}"),
+    "a default by `or`": LOOP.replace("BODY", "{{ (m.content or 'EMPTY') | trim }}"),
+    "type tests": LOOP.replace("BODY", "{% if m.content is string and m.content is not none %}{{ m.content }}{% endif %}"),
+    "strip()": LOOP.replace("BODY", "{{ m.content.strip() }}"),
+    "get()": LOOP.replace("BODY", "{{ m.get('content') }}{{ m.get('name', '') }}"),
+    "a system prompt by index": "{{ messages[0].content if messages[0].role == 'system' else '' }}"
+                                "{% for m in messages[1:] %}{{ m['content'] }}{% endfor %}",
+    "a namespace": "{% set ns = namespace(sys='') %}{% if messages[0]['role'] == 'system' %}"
+                   "{% set ns.sys = messages[0]['content'] %}{% endif %}[{{ ns.sys }}]{{ messages | length }}",
+    "a macro given clean arguments": "{% macro head(role) %}<{{ role }}>{% endmacro %}"
+                                     + LOOP.replace("BODY", "{{ head(m.role) }}{{ m.content }}"),
+    "a block assigned": LOOP.replace("BODY", "{% set said %}[{{ m.content }}]{% endset %}{{ said }}"),
+}
+
+# each changes the text once sentinels are in: the single rendering would be wrong
+REFUSED = {
+    "the truth of trimmed text": LOOP.replace("BODY", "{% set c = m.content | trim %}{% if c %}[{{ c }}]{% endif %}"),
+    "a string method": LOOP.replace("BODY", "{% if m.content.startswith('<think>') %}T{% endif %}{{ m.content }}"),
+    "a comparison": LOOP.replace("BODY", "{% if m.content == 'Hello' %}H{% endif %}"),
+    "a length": LOOP.replace("BODY", "{{ m.content | length }}"),
+    "an index": LOOP.replace("BODY", "{{ m.content[0] }}"),
+    "a message as a whole": LOOP.replace("BODY", "{{ m }}"),
+    "a namespace compared": "{% set ns = namespace(last='') %}{% for m in messages %}{% set ns.last = m.content %}"
+                            "{% endfor %}{% if ns.last == 'Hello' %}H{% endif %}",
+    "a namespace passed on": "{% set ns = namespace(c='') %}{% for m in messages %}{% set ns.c = m.content %}"
+                             "{% endfor %}{% set alias = ns %}{{ alias.c | length }}",
+    "items()": LOOP.replace("BODY", "{% for k, v in m.items() %}{{ v | length }}{% endfor %}"),
+    "get() measured": LOOP.replace("BODY", "{{ m.get('content') | length }}"),
+    "a macro given a field": "{% macro size(x) %}{{ x | length }}{% endmacro %}" + LOOP.replace("BODY", "{{ size(m.content) }}"),
+    "the loop's neighbour": LOOP.replace("BODY", "{% if loop.previtem %}{{ loop.previtem.content | length }}{% endif %}"),
+    "the loop passed on": LOOP.replace("BODY", "{% set l = loop %}{% if l.previtem %}{{ l.previtem.content | length }}"
+                                               "{% endif %}"),
+    "the truth of an assigned block": LOOP.replace("BODY", "{% set said %}{{ m.content | trim }}{% endset %}"
+                                                           "{% if said %}[{{ said }}]{% endif %}"),
+}
+
+
+def _renderings(source: str, messages: list[Message]) -> tuple[str, str]:
+    """The rendering as is, and the marked rendering with every sentinel taken out."""
+    template = ChatTemplate(source, {})
+    plain = template.render(spans.template_messages(messages)).text
+    marked = template.render(spans.template_messages(messages, spans._Wrapper())).text
+    return plain, re.sub("[\U000F0000-\U000FFFFD]", "", marked)
+
+
+@pytest.mark.parametrize("name", PASSING)
+def test_a_template_that_passes_text_through_renders_the_same_with_its_sentinels_removed(name):
+    assert ChatTemplate(PASSING[name], {}).passthrough_refusal is None
+    for messages in CONVERSATIONS:
+        plain, unmarked = _renderings(PASSING[name], messages)
+        assert unmarked == plain, messages
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_a_template_that_looks_at_text_is_refused_and_would_have_rendered_wrong(name):
+    assert ChatTemplate(REFUSED[name], {}).passthrough_refusal
+    # the refusal is needed: with sentinels, some conversation renders to a different text
+    assert any(plain != unmarked for plain, unmarked in (_renderings(REFUSED[name], m) for m in CONVERSATIONS))
+
+
+def _template_of(tokenizer: str) -> str:
+    return json.loads((FIXTURES / "tokenizers" / tokenizer / "tokenizer_config.json").read_text())["chat_template"]
+
+
+@pytest.mark.parametrize("tokenizer, passes", [
+    ("llama3-bpe", True), ("gemma-spm", True), ("llama2-spm", True),
+    ("chatml-bpe", False),  # looks for <think> in replies
+    ("mistral-spm", False),  # renders tool calls
+])
+def test_fixture_templates(tokenizer, passes):
+    assert (ChatTemplate(_template_of(tokenizer), {}).passthrough_refusal is None) == passes
+
+
+def test_generation_blocks_keep_two_renderings():
+    source = (FIXTURES / "templates" / "chatml_generation.jinja").read_text()
+    assert ChatTemplate(source, {}).passthrough_refusal == "it has generation blocks"
+
+
+def _records() -> list[RawRecord]:
+    paths = sorted((FIXTURES / "data").glob("*.json*"))
+    return list(read_inputs(paths))
+
+
+def _spans_both_ways(worker: Worker, monkeypatch) -> tuple[list, list, int]:
+    """Every fixture record's spans, with one rendering and with two; and how many renderings one took."""
+    renders = 0
+    render = worker.template.render
+
+    def counted(*args, **kwargs):
+        nonlocal renders
+        renders += 1
+        return render(*args, **kwargs)
+
+    def outcomes():
+        out = []
+        for record in _records():
+            try:
+                out.append(worker.render(record))
+            except RecordError as err:
+                out.append((err.reason, err.detail))
+        return out
+
+    monkeypatch.setattr(worker.template, "render", counted)
+    once = outcomes()
+    rendered_once = renders
+    monkeypatch.setattr(worker.template, "passthrough_refusal", "forced")
+    return once, outcomes(), rendered_once
+
+
+@pytest.mark.parametrize("tokenizer", ["llama3-bpe", "gemma-spm", "llama2-spm"])
+def test_one_rendering_finds_what_two_find_on_every_fixture_record(tokenizer, monkeypatch):
+    worker = Worker(BuildConfig(tokenizer=fixture_tokenizer(tokenizer)))
+    once, twice, renders = _spans_both_ways(worker, monkeypatch)
+    assert once == twice
+    assert renders < 1.2 * len(once)  # once each, but for the few read by difference
+
+
+@requires_shared
+def test_shared_llama_3_1_passes_text_through_and_reads_every_shared_conversation_alike(monkeypatch):
+    worker = Worker(BuildConfig(tokenizer=str(SHARED / "tokenizers" / "llama3_1")))
+    assert worker.template.passthrough_refusal is None
+    paths = sorted(p for p in (SHARED / "datasets").iterdir() if p.suffix in (".json", ".jsonl"))
+    records = list(read_inputs(paths))[::7]
+
+    def outcomes():
+        out = []
+        for record in records:
+            try:
+                out.append(worker.render(record))
+            except RecordError as err:
+                out.append((err.reason, err.detail))
+        return out
+
+    once = outcomes()
+    monkeypatch.setattr(worker.template, "passthrough_refusal", "forced")
+    assert once == outcomes()
+
+
+@pytest.mark.parametrize("source, content", [
+    (LOOP.replace("BODY", "{{ m.content }}/{{ m.content }}"), "Hello"),  # a field rendered twice
+    (PASSING["trimmed and concatenated"], "a \U000F0001 of its own"),  # a sentinel-range character in the text
+], ids=["a field rendered twice", "a sentinel-range character"])
+def test_what_one_rendering_cannot_read_is_rendered_again(source, content):
+    template = ChatTemplate(source, {})
+    assert template.passthrough_refusal is None
+    conv = Conversation(0, (Message("user", content), Message("assistant", "Hi")))
+    facts = spans.probe_template(template, None)
+    once = spans.render_conversation(conv, template, facts, TrainOn.ASSISTANT)
+    assert once.text == template.render(spans.template_messages(conv.messages)).text
+    template.passthrough_refusal = "forced"
+    assert once == spans.render_conversation(conv, template, facts, TrainOn.ASSISTANT)
+
+
+def test_the_manifest_says_how_often_each_conversation_was_rendered(tmp_path):
+    from sftdata.build import build
+
+    data = [FIXTURES / "data" / "messages.jsonl"]
+    once = build(data, tmp_path / "once", BuildConfig(tokenizer=fixture_tokenizer("llama3-bpe")))["template"]
+    twice = build(data, tmp_path / "twice", BuildConfig(tokenizer=fixture_tokenizer("chatml-bpe")))["template"]
+    assert once["renders"] == 1 and "why_two_renders" not in once
+    assert twice["renders"] == 2 and "startswith" in twice["why_two_renders"]
