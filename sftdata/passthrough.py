@@ -16,7 +16,10 @@ The kinds of values:
   trimmed, is empty, but not with its sentinels;
 - message, messages: one message, or a list of them; taken apart only by their keys and indices.
 Names are tracked without regard to scope or order (each name holds the join of everything assigned to
-it), so the analysis runs to a fixed point and is conservative.
+it), so the analysis runs to a fixed point and is conservative. What could alias a value out of sight
+is kept clean or refused: a namespace attribute may only be assigned clean values, a macro is only
+called (never passed on), `loop` is never assigned, and the sandbox's fallback from `x[key]` to an
+attribute of a dict or list is refused.
 """
 
 from __future__ import annotations
@@ -63,18 +66,17 @@ def _tainted(kind: str) -> bool:
 
 class _Analysis:
     def __init__(self):
-        self.names: dict[str, str] = {"messages": MESSAGES}  # and "ns.attr" for namespace attributes
-        self.namespaces: set[str] = set()  # names of namespaces with an attribute that is not clean
+        self.names: dict[str, str] = {"messages": MESSAGES}
         self.macros: dict[str, str] = {}  # what each macro outputs
         self.changed = False
 
     def bind(self, name: str, kind: str) -> None:
+        if name == "loop" or name in self.macros:
+            raise _Refused(f"it assigns `{name}`")
         old = self.names.get(name, CLEAN)
         new = _join(old, kind)
         if new != old:
             self.names[name], self.changed = new, True
-            if "." in name:
-                self.namespaces.add(name.split(".")[0])
 
     # -- statements: each returns the kind of what it outputs -------------------------------------------
 
@@ -115,8 +117,8 @@ class _Analysis:
                 self.bind(arg.name, CLEAN)  # every call must pass clean arguments (see `call`)
             for default in node.defaults:
                 self.clean(default, "a macro's default")
-            old = self.macros.get(node.name, CLEAN)
-            new = _join(old, self.statements(node.body))
+            old = self.macros.get(node.name)
+            new = _join(old or CLEAN, self.statements(node.body))
             if new != old:
                 self.macros[node.name], self.changed = new, True
             return CLEAN
@@ -127,7 +129,7 @@ class _Analysis:
             for target, value in zip(node.targets, node.values):
                 self.assign(target, self.expr(value))
             return self.statements(node.body)
-        if isinstance(node, (nodes.Scope, nodes.ScopedEvalContextModifier, nodes.EvalContextModifier)):
+        if isinstance(node, nodes.Scope):
             return self.statements(node.body)
         if isinstance(node, (nodes.Continue, nodes.Break)):
             return CLEAN
@@ -148,7 +150,8 @@ class _Analysis:
         if isinstance(target, nodes.Name):
             self.bind(target.name, kind)
         elif isinstance(target, nodes.NSRef):
-            self.bind(f"{target.name}.{target.attr}", kind)
+            if kind != CLEAN:  # a namespace can be aliased out of this analysis' sight: it holds clean values
+                raise _Refused(f"it keeps {kind} in a namespace")
         elif isinstance(target, nodes.Tuple) and kind == CLEAN:
             for item in target.items:
                 self.assign(item, CLEAN)
@@ -176,9 +179,9 @@ class _Analysis:
         if isinstance(node, (nodes.Const, nodes.TemplateData)):
             return CLEAN
         if isinstance(node, nodes.Name):
-            # a namespace holding field text, and the loop (its items may be messages), are read only
-            # through their attributes (`member`), never passed on where an alias would escape the analysis
-            if node.name in self.namespaces or node.name == "loop":
+            # the loop (its items may be messages) is read only through its attributes (`member`), and a
+            # macro is only called (`call`): passed on, an alias would escape this analysis
+            if node.name == "loop" or node.name in self.macros:
                 raise _Refused(f"it passes on `{node.name}` as a whole")
             return self.names.get(node.name, CLEAN)
         if isinstance(node, (nodes.Getattr, nodes.Getitem)):
@@ -224,12 +227,8 @@ class _Analysis:
         if isinstance(node, nodes.Getitem):
             if isinstance(node.arg, nodes.Const):
                 key = node.arg.value
-            elif not isinstance(node.arg, nodes.Slice):
-                self.clean(node.arg, "an index")
-        if isinstance(node.node, nodes.Name) and node.node.name in self.namespaces:
-            if not isinstance(key, str):
-                raise _Refused("it reads a namespace holding field text by a computed key")
-            return self.names.get(f"{node.node.name}.{key}", CLEAN)
+            else:
+                self.expr(node.arg) if isinstance(node.arg, nodes.Slice) else self.clean(node.arg, "an index")
         if isinstance(node.node, nodes.Name) and node.node.name == "loop":
             if key in ("previtem", "nextitem") or not isinstance(node, nodes.Getattr):
                 raise _Refused("it reads the loop's items")
@@ -237,16 +236,12 @@ class _Analysis:
         base = self.expr(node.node)
         if base == CLEAN:
             return CLEAN
-        if base == MESSAGES:
-            if isinstance(node, nodes.Getitem):
-                if isinstance(node.arg, nodes.Slice):
-                    self.expr(node.arg)
-                    return MESSAGES
-                return MESSAGE
-            raise _Refused(f"it reads `.{key}` of the message list")
+        # the sandbox looks `x[key]` up as an attribute where the key is missing: `m['items']` is a method
+        if isinstance(key, str) and hasattr(dict if base == MESSAGE else list, key):
+            raise _Refused(f"it reads `{key}` of {base}")
+        if base == MESSAGES and isinstance(node, nodes.Getitem) and not isinstance(key, str):
+            return MESSAGES if isinstance(node.arg, nodes.Slice) else MESSAGE
         if base == MESSAGE and isinstance(key, str):
-            if isinstance(node, nodes.Getattr) and hasattr(dict, key):
-                raise _Refused(f"it calls `.{key}` of a message")  # items(), values(), ...: `get` is in `call`
             if key in FIELD_KEYS:
                 return FIELD
             if key == "tool_calls":
@@ -259,7 +254,9 @@ class _Analysis:
         plain_args = not node.kwargs and node.dyn_args is None and node.dyn_kwargs is None
         if isinstance(callee, nodes.Getattr):
             owner = self.expr(callee.node)
-            if _tainted(owner) and callee.attr == "strip" and not node.args and plain_args:
+            # only a whole field: in text built from one, a field of only whitespace keeps its sentinels
+            # between the whitespace before it and after it, where strip() would take it all
+            if owner == FIELD and callee.attr == "strip" and not node.args and plain_args:
                 return TEXT
             if (owner == MESSAGE and callee.attr == "get" and plain_args and 1 <= len(node.args) <= 2
                     and isinstance(node.args[0], nodes.Const)):
@@ -269,11 +266,11 @@ class _Analysis:
                 if key == "tool_calls":
                     raise _Refused("it renders tool calls")
                 return FIELD if key in FIELD_KEYS else CLEAN
+        macro = isinstance(callee, nodes.Name) and callee.name in self.macros
         for child in node.iter_child_nodes():
-            self.clean(child, "a call")  # the callee too: a method of a field (`split`, `startswith`) is refused
-        if isinstance(callee, nodes.Name) and callee.name in self.macros:
-            return self.macros[callee.name]
-        return CLEAN
+            if not (macro and child is callee):  # the callee too: a field's `split`, `startswith` are refused
+                self.clean(child, "a call")
+        return self.macros[callee.name] if macro else CLEAN
 
     def filter(self, node: nodes.Filter) -> str:
         value = self.expr(node.node) if node.node is not None else CLEAN
@@ -282,7 +279,8 @@ class _Analysis:
                 self.clean(child, f"filter `{node.name}`")
         if value == CLEAN:
             return CLEAN
-        if _tainted(value) and node.name == "trim" and not node.args and not node.kwargs:
+        plain = not node.args and not node.kwargs and node.dyn_args is None and node.dyn_kwargs is None
+        if value == FIELD and node.name == "trim" and plain:  # a whole field only, as with strip() in `call`
             return TEXT
         if value == MESSAGES and node.name in ("length", "count"):
             return CLEAN
@@ -292,8 +290,9 @@ class _Analysis:
 
     def test(self, node: nodes.Test) -> str:
         value = self.expr(node.node)
-        for child in [*node.args, *node.kwargs]:
-            self.clean(child, f"test `{node.name}`")
+        for child in [*node.args, *node.kwargs, node.dyn_args, node.dyn_kwargs]:
+            if child is not None:
+                self.clean(child, f"test `{node.name}`")
         if (value == CLEAN or (_tainted(value) and node.name in FIELD_TESTS)
                 or (value in (MESSAGE, MESSAGES) and node.name in CONTAINER_TESTS)):
             return CLEAN

@@ -229,6 +229,15 @@ def _read_once(marked: str, owner: list[int], n_messages: int
     return text, (_regions_at(cuts, owner, n_messages), set(range(len(owner))))
 
 
+def _private_outside_fields(conv: Conversation) -> bool:
+    """Whether a text the template may render besides the message fields (names, tool ids, tools) holds
+    sentinel-range characters: they could stand in for the sentinels of a field it leaves out."""
+    extra = [s for m in conv.messages for s in (m.name, m.tool_call_id) if s]
+    if conv.tools:
+        extra.append(json.dumps(conv.tools, ensure_ascii=False))
+    return any(not s.isascii() and _PRIVATE.search(s) for s in extra)
+
+
 def _sentinel_regions(text: str, marked: str, owner: list[int], n_messages: int
                       ) -> tuple[list[list[Range] | None], set[int]] | None:
     """Each message's ranges in `text` (None where its sentinels did not survive intact) and the fields
@@ -323,8 +332,9 @@ def _turn(text: str, message: Message, start: int, end: int, lo: int, hi: int, f
     blocks are an assistant's."""
     assistant = message.role == "assistant"
     block = next(((a, b) for a, b in generation if a <= start < b or (lo <= a and b <= hi and a < end)),
-                 None) if assistant else None
+                 None) if assistant and generation else None
     header = None
+    content = message.content
     if block is not None:
         t_start, t_end = block
     else:
@@ -332,13 +342,16 @@ def _turn(text: str, message: Message, start: int, end: int, lo: int, hi: int, f
         if h >= 0:
             header = (h, h + len(facts.header))
             t_start = header[1]
+        elif content[:1].isspace():  # the template kept the content's leading whitespace: it is the turn's
+            lead = len(content) - len(content.lstrip())
+            t_start = start - lead if text[start - lead : start] == content[:lead] else start
         else:
-            lead = len(message.content) - len(message.content.lstrip())
-            t_start = start - lead if lead and text[start - lead : start] == message.content[:lead] else start
+            t_start = start
         t_end = end
-        trail = message.content[len(message.content.rstrip()) :]
-        if trail and text.startswith(trail, t_end) and t_end + len(trail) <= hi:
-            t_end += len(trail)
+        if content[-1:].isspace():
+            trail = content[len(content.rstrip()) :]
+            if text.startswith(trail, t_end) and t_end + len(trail) <= hi:
+                t_end += len(trail)
     eot = None
     if facts.end_of_turn:
         k = text.find(facts.end_of_turn, end, hi)
@@ -363,15 +376,15 @@ def render_conversation(
         _reject_special_text(messages, special_pattern)
     n = len(messages)
     wrap = _Wrapper()
-    text, sentinels, generation = None, None, ()
+    text, marked, sentinels, generation = None, None, None, ()
     try:
-        if template.passthrough_refusal is None:
+        if template.passthrough_refusal is None and not _private_outside_fields(conv):
             marked = template.render(template_messages(messages, wrap), conv.tools).text
             text, sentinels = _read_once(marked, wrap.owner, n)
         if text is None:  # the plain rendering first: an error it raises names no sentinels
             rendered = template.render(template_messages(messages), conv.tools)
             text, generation = rendered.text, rendered.generation
-            if template.passthrough_refusal is not None:
+            if marked is None:
                 marked = template.render(template_messages(messages, wrap), conv.tools).text
     except TemplateRenderError as err:
         raise RecordError(Reason.TEMPLATE_ERROR, str(err)) from None

@@ -26,6 +26,7 @@ from .passthrough import refusal
 GENERATION_OPEN = "\U00100000"
 GENERATION_CLOSE = "\U00100001"
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+_PRIVATE_PLANES = re.compile("[\U000F0000-\U0010FFFF]")
 
 
 class TemplateRenderError(Exception):
@@ -91,8 +92,13 @@ class ChatTemplate:
         self.has_generation_blocks = bool(_GENERATION_TAG.search(source))
         # None when the template provably copies message text into its output untouched: span finding
         # then renders each conversation once instead of twice (passthrough.py); otherwise, why not
-        self.passthrough_refusal = ("it has generation blocks" if self.has_generation_blocks
-                                    else refusal(env.parse(source)))
+        if self.has_generation_blocks:
+            self.passthrough_refusal = "it has generation blocks"
+        elif _PRIVATE_PLANES.search(source + "".join(self.special_tokens.values())):
+            # such a character could stand in for the sentinels of a field the template leaves out
+            self.passthrough_refusal = "its text holds characters of the sentinels' private-use planes"
+        else:
+            self.passthrough_refusal = refusal(env.parse(source))
         # what every render sees besides its messages; Template.render would merge it from a ChainMap of
         # globals on each call, a third of the time of rendering a short conversation
         self._base_context = {**self._template.globals, **self.special_tokens}

@@ -21,7 +21,8 @@ CONTENTS = ["Hello", "  padded \n", "   ", "", "<think>x</think>answer", "None",
 CONVERSATIONS = [
     [Message("system", system), Message("user", user), Message("assistant", reply)]
     for system in ("", "   ", "Be brief.") for user in CONTENTS for reply in CONTENTS[::-1][:4]
-] + [[Message("user", u), Message("assistant", a)] for u in CONTENTS for a in CONTENTS]
+] + [[Message("user", u), Message("assistant", a)] for u in CONTENTS for a in CONTENTS] + [
+    [Message("user", "q"), Message("assistant", "ok", reasoning=r)] for r in ("", " ", "because")]
 
 LOOP = "{% for m in messages %}{{ '<' + m.role + '>' }}BODY{% endfor %}"
 
@@ -34,8 +35,9 @@ PASSING = {
     "get()": LOOP.replace("BODY", "{{ m.get('content') }}{{ m.get('name', '') }}"),
     "a system prompt by index": "{{ messages[0].content if messages[0].role == 'system' else '' }}"
                                 "{% for m in messages[1:] %}{{ m['content'] }}{% endfor %}",
-    "a namespace": "{% set ns = namespace(sys='') %}{% if messages[0]['role'] == 'system' %}"
-                   "{% set ns.sys = messages[0]['content'] %}{% endif %}[{{ ns.sys }}]{{ messages | length }}",
+    "a namespace of clean values": "{% set ns = namespace(found=false) %}{% for m in messages %}"
+                                   "{% if m.role == 'system' %}{% set ns.found = true %}{% endif %}{% endfor %}"
+                                   "{% if ns.found %}S{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}",
     "a macro given clean arguments": "{% macro head(role) %}<{{ role }}>{% endmacro %}"
                                      + LOOP.replace("BODY", "{{ head(m.role) }}{{ m.content }}"),
     "a block assigned": LOOP.replace("BODY", "{% set said %}[{{ m.content }}]{% endset %}{{ said }}"),
@@ -59,6 +61,28 @@ REFUSED = {
     "the loop's neighbour": LOOP.replace("BODY", "{% if loop.previtem %}{{ loop.previtem.content | length }}{% endif %}"),
     "the loop passed on": LOOP.replace("BODY", "{% set l = loop %}{% if l.previtem %}{{ l.previtem.content | length }}"
                                                "{% endif %}"),
+    # found by review: each was accepted once
+    "trimmed text built from a field": LOOP.replace("BODY", "{{ ('[' ~ m.content) | trim }}]"),
+    "strip() of text built from fields": LOOP.replace("BODY", "{{ (m.content ~ (m.reasoning_content or '')).strip() }}|"),
+    "a field trimmed, then the text around it": LOOP.replace("BODY", "{{ ('x ' ~ m.content | trim) | trim }}|"),
+    "a dict method by subscript": LOOP.replace("BODY", "{{ m.content }}{{ m['get']('content') | length }}"),
+    "items() by subscript": LOOP.replace("BODY", "{{ m.content }}{% for k, v in m['items']() %}{{ v | length }}{% endfor %}"),
+    "a macro passed on": "{% macro f(i) %}{{ messages[i].content | trim }}{% endmacro %}{% set g = f %}"
+                         + LOOP.replace("BODY", "{% if g(loop.index0) %}[{{ m.content }}]{% endif %}"),
+    "a macro as a default": "{% macro f(i) %}{{ messages[i].content | trim }}{% endmacro %}"
+                            "{% macro h(i, g=f) %}{% if g(i) %}!{% endif %}{% endmacro %}"
+                            + LOOP.replace("BODY", "{{ h(loop.index0) }}{{ m.content }}"),
+    "a namespace aliased before it holds text": "{% set a = namespace(x='') %}{% set b = a %}"
+                                                + LOOP.replace("BODY", "{% set b.x = m.content | trim %}"
+                                                               "{% if a.x %}[{{ m.content }}]{% endif %}"),
+    "a namespace's name reused for a message": "{% set ns = namespace(x='') %}{% set ns.x = messages[0].content %}"
+                                               "{% for ns in messages %}{{ ns.content }}{{ ns.content | length }}{% endfor %}",
+    "loop assigned": "{% set loop = messages[-1] %}{{ messages[0].content }}{{ loop.content | length }}",
+    "a slice bound": LOOP.replace("BODY", "{{ m.content }}{{ 'XXXXXXXXXX'[:m.content | length] }}"),
+    "a test's unpacked arguments": LOOP.replace("BODY", "{{ m.content }}{% if 2 is lt(*[m.content | length]) %}!{% endif %}"),
+    "trim's unpacked arguments": LOOP.replace("BODY", "{{ m.content | trim(*['H']) }}|"),
+    "autoescape decided by a field": LOOP.replace("BODY", "{{ m.content }}{% autoescape m.content | length > 2 %}"
+                                                          "{{ m.role ~ '<' }}{% endautoescape %}"),
     "the truth of an assigned block": LOOP.replace("BODY", "{% set said %}{{ m.content | trim }}{% endset %}"
                                                            "{% if said %}[{{ said }}]{% endif %}"),
 }
@@ -163,6 +187,19 @@ def test_shared_llama_3_1_passes_text_through_and_reads_every_shared_conversatio
     once = outcomes()
     monkeypatch.setattr(worker.template, "passthrough_refusal", "forced")
     assert once == outcomes()
+
+
+def test_private_use_characters_outside_the_fields_keep_two_renderings():
+    # found by review: a pair of them could stand in for the sentinels of a field the template leaves out
+    source = "{% for m in messages %}{% if m.role == 'assistant' %}{{ m.name }}{{ m.content }}{% endif %}{% endfor %}"
+    template = ChatTemplate(source, {})
+    assert template.passthrough_refusal is None
+    conv = Conversation(0, (Message("user", "A"), Message("assistant", "B", name="\U000F0000\U000F0001")))
+    rendered = spans.render_conversation(conv, template, spans.probe_template(template, None), TrainOn.ASSISTANT)
+    assert rendered.text == "\U000F0000\U000F0001B"
+    for literal in ("{{ '\U000F0000' }}", "{% if false %}\U000F0001{% endif %}"):
+        assert "private-use" in ChatTemplate(source + literal, {}).passthrough_refusal
+    assert "private-use" in ChatTemplate(source, {"bos_token": "\U000F0000"}).passthrough_refusal
 
 
 @pytest.mark.parametrize("source, content", [
