@@ -20,9 +20,16 @@ it), so the analysis runs to a fixed point and is conservative. What could alias
 is kept clean or refused: a namespace attribute may only be assigned clean values, a macro is only
 called (never passed on), `loop` is never assigned, and the sandbox's fallback from `x[key]` to an
 attribute of a dict or list is refused.
+
+Outside what this proves: a template that makes characters of the sentinels' planes from numbers
+(`'%c' % 983040`) could forge the pair of a field it leaves out. No chat template does; one written with
+such characters, or with escapes for them, is refused, and span finding takes a single rendering only
+where each pair encloses exactly its own field's text.
 """
 
 from __future__ import annotations
+
+import re
 
 from jinja2 import nodes
 
@@ -30,6 +37,8 @@ CLEAN, FIELD, TEXT, MESSAGE, MESSAGES = "clean", "field", "text", "message", "me
 FIELD_KEYS = frozenset({"content", "reasoning_content"})  # what spans.template_messages wraps (tool calls aside)
 FIELD_TESTS = frozenset({"string", "none", "defined", "undefined"})  # answered alike with sentinels
 CONTAINER_TESTS = frozenset({"defined", "undefined", "none", "mapping", "sequence", "iterable"})
+_PRIVATE_PLANES = re.compile("[\U000F0000-\U0010FFFF]")  # the sentinels' (spans.py) and generation markers'
+
 
 
 class _Refused(Exception):
@@ -177,6 +186,9 @@ class _Analysis:
 
     def expr(self, node: nodes.Node) -> str:
         if isinstance(node, (nodes.Const, nodes.TemplateData)):
+            value = node.data if isinstance(node, nodes.TemplateData) else node.value
+            if isinstance(value, str) and _PRIVATE_PLANES.search(value):  # escapes, too: decoded here
+                raise _Refused("its text holds characters of the sentinels' private-use planes")
             return CLEAN
         if isinstance(node, nodes.Name):
             # the loop (its items may be messages) is read only through its attributes (`member`), and a

@@ -131,6 +131,7 @@ class _Wrapper:
     def __init__(self):
         self.owner: list[int] = []
         self.kind: list[str] = []
+        self.core: list[str] = []  # each field's text between its sentinels
         self.unmarked: set[int] = set()  # messages with a field past the sentinel supply: located by difference
 
     def __call__(self, text: str, message_index: int, kind: str = "content") -> str:
@@ -144,8 +145,10 @@ class _Wrapper:
         self.kind.append(kind)
         opening, closing = chr(SENTINEL_BASE + 2 * k), chr(SENTINEL_BASE + 2 * k + 1)
         if not (text[0].isspace() or text[-1].isspace()):  # most fields: no whitespace to keep outside
+            self.core.append(text)
             return opening + text + closing
         core = text.strip()
+        self.core.append(core)
         lead = text[: len(text) - len(text.lstrip())] if core else text
         trail = text[len(text.rstrip()) :] if core else ""
         return f"{lead}{opening}{core}{closing}{trail}"
@@ -215,18 +218,22 @@ def _regions_at(cuts: list[int], owner: list[int], n_messages: int) -> list[list
     return regions
 
 
-def _read_once(marked: str, owner: list[int], n_messages: int
+def _read_once(marked: str, wrap: _Wrapper, n_messages: int
                ) -> tuple[str | None, tuple[list[list[Range]], set[int]] | None]:
     """The rendering as is and each message's ranges in it, from the marked rendering alone, for a template
-    that passes text through (passthrough.py): (None, None) where its sentinels are not all there in order,
-    or the text left has sentinel-range characters (of its own, or of a field rendered twice)."""
-    cuts = _in_order_cuts(marked, len(owner))
-    if cuts is None:
+    that passes text through (passthrough.py): (None, None) unless every field's sentinels are there in
+    order around its own text (a template that passes text through trims at most the whitespace outside
+    them), and the text left has no sentinel-range characters (of its own, or of a field rendered twice)."""
+    if wrap.unmarked:  # fields past the sentinels' supply: their text could hold a pair that is not theirs
+        return None, None
+    cuts = _in_order_cuts(marked, len(wrap.owner))
+    if cuts is None or not all(b - a - 1 == len(core) and marked.startswith(core, a + 1)
+                               for a, b, core in zip(cuts[::2], cuts[1::2], wrap.core)):
         return None, None
     text = _without(marked, cuts)
     if not text.isascii() and _PRIVATE.search(text):
         return None, None
-    return text, (_regions_at(cuts, owner, n_messages), set(range(len(owner))))
+    return text, (_regions_at(cuts, wrap.owner, n_messages), set(range(len(wrap.owner))))
 
 
 def _private_outside_fields(conv: Conversation) -> bool:
@@ -380,7 +387,7 @@ def render_conversation(
     try:
         if template.passthrough_refusal is None and not _private_outside_fields(conv):
             marked = template.render(template_messages(messages, wrap), conv.tools).text
-            text, sentinels = _read_once(marked, wrap.owner, n)
+            text, sentinels = _read_once(marked, wrap, n)
         if text is None:  # the plain rendering first: an error it raises names no sentinels
             rendered = template.render(template_messages(messages), conv.tools)
             text, generation = rendered.text, rendered.generation

@@ -225,3 +225,34 @@ def test_the_manifest_says_how_often_each_conversation_was_rendered(tmp_path):
     twice = build(data, tmp_path / "twice", BuildConfig(tokenizer=fixture_tokenizer("chatml-bpe")))["template"]
     assert once["renders"] == 1 and "why_two_renders" not in once
     assert twice["renders"] == 2 and "startswith" in twice["why_two_renders"]
+
+
+def _once_and_twice(template: ChatTemplate, conv: Conversation):
+    facts = spans.probe_template(template, None)
+    once = spans.render_conversation(conv, template, facts, TrainOn.ASSISTANT)
+    refusal, template.passthrough_refusal = template.passthrough_refusal, "forced"
+    twice = spans.render_conversation(conv, template, facts, TrainOn.ASSISTANT)
+    template.passthrough_refusal = refusal
+    return once, twice
+
+
+def test_a_forged_sentinel_pair_for_a_field_left_out_keeps_two_renderings():
+    # found by review: the template makes the pair of the reasoning it never renders
+    loop = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    assert "private-use" in ChatTemplate(loop + "{{ '\\U000F0004\\U000F0005' }}", {}).passthrough_refusal
+    template = ChatTemplate(loop + "{{ '%c%c' % (983044, 983045) }}", {})  # from numbers: the analysis cannot see it
+    assert template.passthrough_refusal is None
+    conv = Conversation(0, (Message("user", "U"), Message("assistant", "A", reasoning="R")))
+    once, twice = _once_and_twice(template, conv)
+    assert once == twice and once.text == "<user>U<assistant>A\U000F0004\U000F0005"
+
+
+def test_fields_past_the_sentinel_supply_keep_two_renderings(monkeypatch):
+    # found by review: an unmarked field's text holding the pair (and text) of a marked field left out
+    monkeypatch.setattr(spans, "MAX_FIELDS", 2)
+    template = ChatTemplate("{% for m in messages %}{% if m.role != 'system' %}<{{ m.role }}>{{ m.content }}"
+                            "{% endif %}{% endfor %}", {})
+    conv = Conversation(0, (Message("user", "x"), Message("system", "S"),
+                            Message("user", "\U000F0002S\U000F0003"), Message("assistant", "end")))
+    once, twice = _once_and_twice(template, conv)
+    assert once == twice and once.text == "<user>x<user>\U000F0002S\U000F0003<assistant>end"
