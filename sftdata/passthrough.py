@@ -37,8 +37,7 @@ CLEAN, FIELD, TEXT, MESSAGE, MESSAGES = "clean", "field", "text", "message", "me
 FIELD_KEYS = frozenset({"content", "reasoning_content"})  # what spans.template_messages wraps (tool calls aside)
 FIELD_TESTS = frozenset({"string", "none", "defined", "undefined"})  # answered alike with sentinels
 CONTAINER_TESTS = frozenset({"defined", "undefined", "none", "mapping", "sequence", "iterable"})
-_PRIVATE_PLANES = re.compile("[\U000F0000-\U0010FFFF]")  # the sentinels' (spans.py) and generation markers'
-
+PRIVATE_PLANES = re.compile("[\U000F0000-\U0010FFFF]")  # the sentinels' (spans.py) and generation markers'
 
 
 class _Refused(Exception):
@@ -187,7 +186,7 @@ class _Analysis:
     def expr(self, node: nodes.Node) -> str:
         if isinstance(node, (nodes.Const, nodes.TemplateData)):
             value = node.data if isinstance(node, nodes.TemplateData) else node.value
-            if isinstance(value, str) and _PRIVATE_PLANES.search(value):  # escapes, too: decoded here
+            if isinstance(value, str) and PRIVATE_PLANES.search(value):  # escapes, too: decoded here
                 raise _Refused("its text holds characters of the sentinels' private-use planes")
             return CLEAN
         if isinstance(node, nodes.Name):

@@ -18,7 +18,7 @@ import jinja2
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .passthrough import refusal
+from .passthrough import PRIVATE_PLANES, refusal
 
 # Supplementary private-use plane 16 marks {% generation %} blocks during rendering; plane 15 is for
 # the per-message sentinels of span finding (spans.py). Neither occurs in real text in practice, and a
@@ -26,7 +26,6 @@ from .passthrough import refusal
 GENERATION_OPEN = "\U00100000"
 GENERATION_CLOSE = "\U00100001"
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
-_PRIVATE_PLANES = re.compile("[\U000F0000-\U0010FFFF]")
 
 
 class TemplateRenderError(Exception):
@@ -94,9 +93,10 @@ class ChatTemplate:
         # then renders each conversation once instead of twice (passthrough.py); otherwise, why not
         if self.has_generation_blocks:
             self.passthrough_refusal = "it has generation blocks"
-        elif _PRIVATE_PLANES.search(source + "".join(self.special_tokens.values())):
-            # such a character could stand in for the sentinels of a field the template leaves out
-            self.passthrough_refusal = "its text holds characters of the sentinels' private-use planes"
+        elif PRIVATE_PLANES.search("".join(self.special_tokens.values())):
+            # such a character could stand in for the sentinels of a field the template leaves out (the
+            # template's own text is checked in `refusal`)
+            self.passthrough_refusal = "its special tokens hold characters of the sentinels' private-use planes"
         else:
             self.passthrough_refusal = refusal(env.parse(source))
         # what every render sees besides its messages; Template.render would merge it from a ChainMap of
