@@ -21,10 +21,12 @@ is kept clean or refused: a namespace attribute may only be assigned clean value
 called (never passed on), `loop` is never assigned, and the sandbox's fallback from `x[key]` to an
 attribute of a dict or list is refused.
 
-Outside what this proves: a template that makes characters of the sentinels' planes from numbers
-(`'%c' % 983040`) could forge the pair of a field it leaves out. No chat template does; one written with
-such characters, or with escapes for them, is refused, and span finding takes a single rendering only
-where each pair encloses exactly its own field's text.
+A template could also forge the sentinel pair of a field it leaves out by writing characters of the
+sentinels' planes: constants holding them are refused, and so is every way found to compute one (`%`
+on strings, the `format` filter, methods outside a short list such as `decode` and `translate`). Span
+finding still takes a single rendering only where each pair encloses exactly its own field's text.
+`lipsum` and `random` are refused too: a template whose output differs per call cannot be rendered
+once for two.
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ FIELD_KEYS = frozenset({"content", "reasoning_content"})  # what spans.template_
 FIELD_TESTS = frozenset({"string", "none", "defined", "undefined"})  # answered alike with sentinels
 CONTAINER_TESTS = frozenset({"defined", "undefined", "none", "mapping", "sequence", "iterable"})
 PRIVATE_PLANES = re.compile("[\U000F0000-\U0010FFFF]")  # the sentinels' (spans.py) and generation markers'
+
+
+# calls on clean values: none of these makes a character that is not in its inputs (a computed one, such
+# as `encode(...).decode('unicode_escape')`, `translate` or `%c`, could forge a field's sentinels)
+SAFE_METHODS = frozenset("strip lstrip rstrip upper lower title capitalize swapcase startswith endswith split "
+                         "rsplit splitlines partition rpartition replace join count find rfind index rindex "
+                         "isdigit isalpha isalnum isspace islower isupper items keys values get append extend "
+                         "pop copy next reset current".split())
+SAFE_GLOBALS = frozenset({"raise_exception", "strftime_now", "namespace", "range", "dict", "cycler", "joiner"})
+
+
+def _a_number(node: nodes.Node) -> bool:
+    """The forms `%` takes in chat templates as arithmetic: `loop.index0 % 2`, `messages | length % 2`."""
+    return ((isinstance(node, nodes.Const) and isinstance(node.value, (int, float)))
+            or (isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and node.node.name == "loop")
+            or (isinstance(node, nodes.Filter) and node.name in ("length", "count")))
 
 
 class _Refused(Exception):
@@ -223,6 +241,8 @@ class _Analysis:
             for op in node.ops:
                 self.clean(op.expr, "a comparison")
             return CLEAN
+        if isinstance(node, nodes.Mod) and not _a_number(node.left):
+            raise _Refused("it formats with `%`, which could make characters out of sight")
         if isinstance(node, (nodes.BinExpr, nodes.UnaryExpr)):
             for child in node.iter_child_nodes():
                 self.clean(child, f"`{node.operator}`")
@@ -263,6 +283,13 @@ class _Analysis:
     def call(self, node: nodes.Call) -> str:
         callee = node.node
         plain_args = not node.kwargs and node.dyn_args is None and node.dyn_kwargs is None
+        if isinstance(callee, nodes.Getattr) and isinstance(callee.node, nodes.Name) and callee.node.name == "loop":
+            if callee.attr not in ("cycle", "changed"):
+                raise _Refused(f"it calls `loop.{callee.attr}`")
+            for child in [*node.args, *node.kwargs, node.dyn_args, node.dyn_kwargs]:
+                if child is not None:
+                    self.clean(child, f"loop.{callee.attr}")
+            return CLEAN
         if isinstance(callee, nodes.Getattr):
             owner = self.expr(callee.node)
             # only a whole field: in text built from one, a field of only whitespace keeps its sentinels
@@ -277,6 +304,10 @@ class _Analysis:
                 if key == "tool_calls":
                     raise _Refused("it renders tool calls")
                 return FIELD if key in FIELD_KEYS else CLEAN
+            if owner == CLEAN and callee.attr not in SAFE_METHODS:
+                raise _Refused(f"it calls `.{callee.attr}`, which could make characters out of sight")
+        elif not (isinstance(callee, nodes.Name) and (callee.name in self.macros or callee.name in SAFE_GLOBALS)):
+            raise _Refused(f"it calls `{getattr(callee, 'name', type(callee).__name__)}`")
         macro = isinstance(callee, nodes.Name) and callee.name in self.macros
         for child in node.iter_child_nodes():
             if not (macro and child is callee):  # the callee too: a field's `split`, `startswith` are refused
@@ -284,6 +315,8 @@ class _Analysis:
         return self.macros[callee.name] if macro else CLEAN
 
     def filter(self, node: nodes.Filter) -> str:
+        if node.name in ("format", "random"):
+            raise _Refused(f"it applies `{node.name}`, which could make characters out of sight or differ per call")
         value = self.expr(node.node) if node.node is not None else CLEAN
         for child in [*node.args, *node.kwargs, node.dyn_args, node.dyn_kwargs]:
             if child is not None:

@@ -236,15 +236,31 @@ def _once_and_twice(template: ChatTemplate, conv: Conversation):
     return once, twice
 
 
-def test_a_forged_sentinel_pair_for_a_field_left_out_keeps_two_renderings():
-    # found by review: the template makes the pair of the reasoning it never renders
+@pytest.mark.parametrize("tail", [
+    "{{ '\\U000F0004\\U000F0005' }}",  # escapes, decoded by the parser
+    "{{ '%c%c' % (983044, 983045) }}",
+    "{{ '%c%c' | format(983044, 983045) }}",
+    "{{ '\\\\U000F0004R\\\\U000F0005'.encode('ascii').decode('unicode_escape') }}",
+    "{{ 'aRb'.translate({97: 983044, 98: 983045}) }}",
+    "{{ lipsum(1) }}", "{{ [1, 2] | random }}",  # differs per call
+])
+def test_a_template_that_could_forge_sentinels_or_differs_per_call_is_refused(tail):
+    # found by review: the template makes the pair of the reasoning it never renders, around its text
     loop = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
-    assert "private-use" in ChatTemplate(loop + "{{ '\\U000F0004\\U000F0005' }}", {}).passthrough_refusal
-    template = ChatTemplate(loop + "{{ '%c%c' % (983044, 983045) }}", {})  # from numbers: the analysis cannot see it
-    assert template.passthrough_refusal is None
-    conv = Conversation(0, (Message("user", "U"), Message("assistant", "A", reasoning="R")))
-    once, twice = _once_and_twice(template, conv)
-    assert once == twice and once.text == "<user>U<assistant>A\U000F0004\U000F0005"
+    assert ChatTemplate(loop, {}).passthrough_refusal is None
+    assert ChatTemplate(loop + tail, {}).passthrough_refusal
+
+
+def test_one_rendering_is_read_only_where_each_pair_encloses_its_own_field():
+    messages = [Message("user", "U"), Message("assistant", "A", reasoning="R")]
+    wrap = spans._Wrapper()
+    spans.template_messages(messages, wrap)
+    marks = [chr(spans.SENTINEL_BASE + k) for k in range(6)]
+    honest = f"<user>{marks[0]}U{marks[1]}<assistant>{marks[2]}A{marks[3]}{marks[4]}R{marks[5]}"
+    assert spans._read_once(honest, wrap, 2)[0] == "<user>U<assistant>AR"
+    # the reasoning left out, and a pair made elsewhere standing in for its sentinels
+    forged = f"<user>{marks[0]}U{marks[1]}<assistant>{marks[2]}A{marks[3]}[{marks[4]}{marks[5]}]"
+    assert spans._read_once(forged, wrap, 2) == (None, None)
 
 
 def test_fields_past_the_sentinel_supply_keep_two_renderings(monkeypatch):
