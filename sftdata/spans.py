@@ -7,7 +7,7 @@ Method (no knowledge of template families needed):
    template that trims still sees them. Removing the sentinels must give `text` back exactly; then the
    sentinel positions are the fields' character ranges in `text`. For a template proven to pass field
    text through untouched (passthrough.py), the marked rendering with its sentinels removed *is* `text`,
-   and step 1 is skipped wherever every sentinel pair is there once, in order.
+   and step 1 is skipped wherever every sentinel pair is there once, in order, around its own field.
 3. A message whose sentinels did not survive intact (a template that splits or tests content, e.g.
    Qwen3 cutting `<think>` out of it) is located by difference instead: render once more with only that
    message changed; the part of `text` that differs is the message.
