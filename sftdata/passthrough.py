@@ -90,6 +90,16 @@ def _tainted(kind: str) -> bool:
     return kind in (FIELD, TEXT)
 
 
+def _arguments(node: nodes.Call | nodes.Filter | nodes.Test) -> list[nodes.Node]:
+    return [*node.args, *node.kwargs, *(a for a in (node.dyn_args, node.dyn_kwargs) if a is not None)]
+
+
+def _message_key(key: str) -> str:
+    if key == "tool_calls":
+        raise _Refused("it renders tool calls")
+    return FIELD if key in FIELD_KEYS else CLEAN
+
+
 class _Analysis:
     def __init__(self):
         self.names: dict[str, str] = {"messages": MESSAGES}
@@ -273,37 +283,28 @@ class _Analysis:
         if base == MESSAGES and isinstance(node, nodes.Getitem) and not isinstance(key, str):
             return MESSAGES if isinstance(node.arg, nodes.Slice) else MESSAGE
         if base == MESSAGE and isinstance(key, str):
-            if key in FIELD_KEYS:
-                return FIELD
-            if key == "tool_calls":
-                raise _Refused("it renders tool calls")
-            return CLEAN
+            return _message_key(key)
         raise _Refused(f"it takes a part of {base} (`{key if key is not None else '[...]'}`)")
 
     def call(self, node: nodes.Call) -> str:
         callee = node.node
-        plain_args = not node.kwargs and node.dyn_args is None and node.dyn_kwargs is None
         if isinstance(callee, nodes.Getattr) and isinstance(callee.node, nodes.Name) and callee.node.name == "loop":
             if callee.attr not in ("cycle", "changed"):
                 raise _Refused(f"it calls `loop.{callee.attr}`")
-            for child in [*node.args, *node.kwargs, node.dyn_args, node.dyn_kwargs]:
-                if child is not None:
-                    self.clean(child, f"loop.{callee.attr}")
+            for child in _arguments(node):
+                self.clean(child, f"loop.{callee.attr}")
             return CLEAN
         if isinstance(callee, nodes.Getattr):
             owner = self.expr(callee.node)
             # only a whole field: in text built from one, a field of only whitespace keeps its sentinels
             # between the whitespace before it and after it, where strip() would take it all
-            if owner == FIELD and callee.attr == "strip" and not node.args and plain_args:
+            if owner == FIELD and callee.attr == "strip" and not _arguments(node):
                 return TEXT
-            if (owner == MESSAGE and callee.attr == "get" and plain_args and 1 <= len(node.args) <= 2
-                    and isinstance(node.args[0], nodes.Const)):
+            if (owner == MESSAGE and callee.attr == "get" and _arguments(node) == node.args  # positional only
+                    and 1 <= len(node.args) <= 2 and isinstance(node.args[0], nodes.Const)):
                 if len(node.args) == 2:
                     self.clean(node.args[1], "a default")
-                key = node.args[0].value
-                if key == "tool_calls":
-                    raise _Refused("it renders tool calls")
-                return FIELD if key in FIELD_KEYS else CLEAN
+                return _message_key(node.args[0].value)
             if owner == CLEAN and callee.attr not in SAFE_METHODS:
                 raise _Refused(f"it calls `.{callee.attr}`, which could make characters out of sight")
         elif not (isinstance(callee, nodes.Name) and (callee.name in self.macros or callee.name in SAFE_GLOBALS)):
@@ -318,13 +319,11 @@ class _Analysis:
         if node.name in ("format", "random"):
             raise _Refused(f"it applies `{node.name}`, which could make characters out of sight or differ per call")
         value = self.expr(node.node) if node.node is not None else CLEAN
-        for child in [*node.args, *node.kwargs, node.dyn_args, node.dyn_kwargs]:
-            if child is not None:
-                self.clean(child, f"filter `{node.name}`")
+        for child in _arguments(node):
+            self.clean(child, f"filter `{node.name}`")
         if value == CLEAN:
             return CLEAN
-        plain = not node.args and not node.kwargs and node.dyn_args is None and node.dyn_kwargs is None
-        if value == FIELD and node.name == "trim" and plain:  # a whole field only, as with strip() in `call`
+        if value == FIELD and node.name == "trim" and not _arguments(node):  # a whole field only, as strip()
             return TEXT
         if value == MESSAGES and node.name in ("length", "count"):
             return CLEAN
@@ -334,9 +333,8 @@ class _Analysis:
 
     def test(self, node: nodes.Test) -> str:
         value = self.expr(node.node)
-        for child in [*node.args, *node.kwargs, node.dyn_args, node.dyn_kwargs]:
-            if child is not None:
-                self.clean(child, f"test `{node.name}`")
+        for child in _arguments(node):
+            self.clean(child, f"test `{node.name}`")
         if (value == CLEAN or (_tainted(value) and node.name in FIELD_TESTS)
                 or (value in (MESSAGE, MESSAGES) and node.name in CONTAINER_TESTS)):
             return CLEAN

@@ -30,12 +30,12 @@ from typing import Iterator, Sequence
 from .config import SpecialText, TrainOn
 from .conversation import Conversation, Message
 from .rejects import Reason, RecordError
+from .passthrough import PRIVATE_PLANES
 from .template import ChatTemplate, TemplateRenderError
 
 SENTINEL_BASE = 0xF0000
 MAX_FIELDS = (0xFFFFD - SENTINEL_BASE) // 2
 _SENTINEL_SPLIT = re.compile("([\U000F0000-\U000FFFFD])")
-_PRIVATE = re.compile("[\U000F0000-\U0010FFFF]")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # JSON may escape one alone (`"\\ud800"`): not valid Unicode
 
 Range = tuple[int, int]
@@ -231,7 +231,7 @@ def _read_once(marked: str, wrap: _Wrapper, n_messages: int
                                for a, b, core in zip(cuts[::2], cuts[1::2], wrap.core)):
         return None, None
     text = _without(marked, cuts)
-    if not text.isascii() and _PRIVATE.search(text):
+    if not text.isascii() and PRIVATE_PLANES.search(text):
         return None, None
     return text, (_regions_at(cuts, wrap.owner, n_messages), set(range(len(wrap.owner))))
 
@@ -242,7 +242,7 @@ def _private_outside_fields(conv: Conversation) -> bool:
     extra = [s for m in conv.messages for s in (m.name, m.tool_call_id) if s]
     if conv.tools:
         extra.append(json.dumps(conv.tools, ensure_ascii=False))
-    return any(not s.isascii() and _PRIVATE.search(s) for s in extra)
+    return any(not s.isascii() and PRIVATE_PLANES.search(s) for s in extra)
 
 
 def _sentinel_regions(text: str, marked: str, owner: list[int], n_messages: int
@@ -403,7 +403,7 @@ def render_conversation(
                           "Unicode, and no tokenizer encodes it")
     if sentinels is None:
         # a rendering holding sentinel-range characters of its own cannot be read by sentinels
-        clean = ascii_text or not _PRIVATE.search(text)
+        clean = ascii_text or not PRIVATE_PLANES.search(text)
         sentinels = _sentinel_regions(text, marked, wrap.owner, n) if clean else None
     regions, found = sentinels or ([None] * n, set())
     for i in wrap.unmarked:

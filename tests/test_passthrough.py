@@ -129,13 +129,19 @@ def test_generation_blocks_keep_two_renderings():
     assert ChatTemplate(source, {}).passthrough_refusal == "it has generation blocks"
 
 
-def _records() -> list[RawRecord]:
-    paths = sorted((FIXTURES / "data").glob("*.json*"))
-    return list(read_inputs(paths))
+def _outcomes(worker: Worker, records: list[RawRecord]) -> list:
+    """Each record's spans, or why it was rejected."""
+    out = []
+    for record in records:
+        try:
+            out.append(worker.render(record))
+        except RecordError as err:
+            out.append((err.reason, err.detail))
+    return out
 
 
-def _spans_both_ways(worker: Worker, monkeypatch) -> tuple[list, list, int]:
-    """Every fixture record's spans, with one rendering and with two; and how many renderings one took."""
+def _spans_both_ways(worker: Worker, records: list[RawRecord], monkeypatch) -> tuple[list, list, int]:
+    """The records' spans with one rendering and with two; and how many renderings one took."""
     renders = 0
     render = worker.template.render
 
@@ -144,26 +150,18 @@ def _spans_both_ways(worker: Worker, monkeypatch) -> tuple[list, list, int]:
         renders += 1
         return render(*args, **kwargs)
 
-    def outcomes():
-        out = []
-        for record in _records():
-            try:
-                out.append(worker.render(record))
-            except RecordError as err:
-                out.append((err.reason, err.detail))
-        return out
-
     monkeypatch.setattr(worker.template, "render", counted)
-    once = outcomes()
+    once = _outcomes(worker, records)
     rendered_once = renders
     monkeypatch.setattr(worker.template, "passthrough_refusal", "forced")
-    return once, outcomes(), rendered_once
+    return once, _outcomes(worker, records), rendered_once
 
 
 @pytest.mark.parametrize("tokenizer", ["llama3-bpe", "gemma-spm", "llama2-spm"])
 def test_one_rendering_finds_what_two_find_on_every_fixture_record(tokenizer, monkeypatch):
     worker = Worker(BuildConfig(tokenizer=fixture_tokenizer(tokenizer)))
-    once, twice, renders = _spans_both_ways(worker, monkeypatch)
+    once, twice, renders = _spans_both_ways(worker, list(read_inputs(sorted((FIXTURES / "data").glob("*.json*")))),
+                                            monkeypatch)
     assert once == twice
     assert renders < 1.2 * len(once)  # once each, but for the few read by difference
 
@@ -173,20 +171,8 @@ def test_shared_llama_3_1_passes_text_through_and_reads_every_shared_conversatio
     worker = Worker(BuildConfig(tokenizer=str(SHARED / "tokenizers" / "llama3_1")))
     assert worker.template.passthrough_refusal is None
     paths = sorted(p for p in (SHARED / "datasets").iterdir() if p.suffix in (".json", ".jsonl"))
-    records = list(read_inputs(paths))[::7]
-
-    def outcomes():
-        out = []
-        for record in records:
-            try:
-                out.append(worker.render(record))
-            except RecordError as err:
-                out.append((err.reason, err.detail))
-        return out
-
-    once = outcomes()
-    monkeypatch.setattr(worker.template, "passthrough_refusal", "forced")
-    assert once == outcomes()
+    once, twice, _ = _spans_both_ways(worker, list(read_inputs(paths))[::7], monkeypatch)
+    assert once == twice
 
 
 def test_private_use_characters_outside_the_fields_keep_two_renderings():
