@@ -53,10 +53,10 @@ def _peak_rss_mb() -> tuple[float, float]:
 
 def run_floor(paths: list[Path]) -> dict:
     from sftdata.config import BuildConfig
-    from sftdata.pipeline import Worker
     from sftdata.rejects import RecordError
     from sftdata.sources import read_inputs
     from sftdata.spans import template_messages
+    from sftdata.worker import Worker
 
     worker = Worker(BuildConfig(tokenizer=str(TOKENIZER)))
     conversations = []
@@ -164,7 +164,7 @@ def main() -> None:
     if not TOKENIZER.exists():
         sys.exit(f"needs the shared Llama-3.1 tokenizer at {TOKENIZER}")
     cores = len(os.sched_getaffinity(0))
-    from sftdata.executor import default_workers
+    from sftdata.executors.local import default_workers
 
     default = default_workers()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """`sftdata build`: inputs -> verified documents -> Arrow shards, rejects.jsonl and manifest.json.
 
-The orchestration only: reading is sources.py, the per-batch work pipeline.py, running it executor.py,
+The orchestration only: reading is sources.py, the per-batch work worker.py, running it executors/,
 storage shards.py. The manifest is written last, so a directory with one is a finished build.
 """
 
@@ -21,21 +21,22 @@ import numpy as np
 
 from . import __version__
 from .config import BuildConfig
-from .executor import default_workers, run_batches
+from .executors.local import default_workers, run_batches
 from .packing import fill_stats, pack_arrays
-from .pipeline import BatchResult, Worker
+from .records import RawRecord
 from .shards import (
     FORMAT_VERSION,
     MANIFEST,
-    MappedShard,
     REJECTS,
+    MappedShard,
     Row,
     ShardInfo,
     ShardWriter,
     numpy_view,
     write_json_atomic,
 )
-from .sources import RawRecord, read_inputs
+from .sources import read_inputs
+from .worker import BatchResult, Worker
 
 ROWS_PER_RELEASE = 8  # packed rows between releases of the spill's pages: each document read maps 64 KB around it
 

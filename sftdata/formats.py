@@ -10,7 +10,7 @@ import json
 from typing import Any, Callable
 
 from .config import InputFormat
-from .conversation import Conversation, Message, ToolCall
+from .records import Conversation, Message, ToolCall
 from .rejects import Reason, RecordError
 
 SHAREGPT_ROLES = {

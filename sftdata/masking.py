@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conversation import Document
+from .encoding import Tokens
+from .records import Document, Rendered
 from .rejects import Reason, RecordError
-from .spans import Rendered
 from .tokenizer import ModelTokenizer
-from .tokens import Tokens
 
 
 def compute_mask(rendered: Rendered, tokens: Tokens) -> tuple[bytearray, list[int], list[int]]:

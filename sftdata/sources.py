@@ -8,12 +8,12 @@ read at all (missing, unknown type, no detectable format) raises at once.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from .config import InputFormat
 from .formats import detect_format
+from .records import RawRecord
 from .rejects import Reason, RecordError
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
@@ -22,14 +22,6 @@ DATASETS_BUILDERS = {".csv": "csv", ".tsv": "csv", ".txt": "text", ".arrow": "ar
 
 class InputError(Exception):
     """An input that cannot be read at all: the build stops and says which and why."""
-
-
-@dataclass(slots=True)
-class RawRecord:
-    source_id: int
-    input_index: int  # which input file it came from
-    format: InputFormat
-    data: Any  # the parsed record, or a RecordError when it could not be parsed
 
 
 def _jsonl_records(path: Path) -> Iterator[Any]:

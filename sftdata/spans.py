@@ -12,7 +12,7 @@ Method (no knowledge of template families needed):
    Qwen3 cutting `<think>` out of it) is located by difference instead: render once more with only that
    message changed; the part of `text` that differs is the message.
 4. A trained assistant turn starts right after its header (the template's generation prompt, found by
-   probing the template once) and ends with the end-of-turn token that closes it (also probed), so
+   probing the template once: probe.py) and ends with the end-of-turn token that closes it (also probed), so
    tool calls and `<think>` blocks the template adds in between are trained, and the header is not.
    `{% generation %}` blocks, where a template has them, say the same thing directly and win.
 Everything found here is re-checked token by token in masking.verify before a document is written.
@@ -24,103 +24,20 @@ import functools
 import itertools
 import json
 import re
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from .config import SpecialText, TrainOn
-from .conversation import Conversation, Message
-from .rejects import Reason, RecordError
 from .passthrough import PRIVATE_PLANES
+from .records import Conversation, Message, MessageSpan, Range, Rendered, TemplateFacts
+from .rejects import Reason, RecordError
+from .special_text import reject_special_text
 from .template import ChatTemplate, TemplateRenderError
+from .train_flags import is_empty_turn, resolve_train_flags
 
 SENTINEL_BASE = 0xF0000
 MAX_FIELDS = (0xFFFFD - SENTINEL_BASE) // 2
 _SENTINEL_SPLIT = re.compile("([\U000F0000-\U000FFFFD])")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # JSON may escape one alone (`"\\ud800"`): not valid Unicode
-
-Range = tuple[int, int]
-
-
-@dataclass(slots=True)
-class TemplateFacts:
-    """What probing the template once tells: the text before an assistant turn, and what closes it."""
-
-    header: str  # generation prompt, or the last special token before an assistant reply; "" if none
-    end_of_turn: str | None  # special token text closing an assistant turn; None if the template has none
-
-
-@dataclass(slots=True)
-class MessageSpan:
-    role: str
-    train: bool
-    data: tuple[Range, ...]  # where the message's own text landed in the rendering
-    turn: Range | None = None  # what the turn generates: after its header through its end-of-turn token
-    target: Range | None = None  # characters to train (the turn; without the end-of-turn if that is off)
-    header: Range | None = None  # the header right before a trained assistant turn, checked untrained
-    eot: Range | None = None  # the end-of-turn token text closing a trained turn, checked trained
-
-
-@dataclass(slots=True)
-class Rendered:
-    source_id: int
-    text: str
-    spans: tuple[MessageSpan, ...]
-    method: str  # "sentinel", "difference" or "generation": how the spans were found
-    literal: tuple[Range, ...] = ()  # special-token text inside messages, to tokenize as plain text
-    train_all: bool = False
-    unrendered: tuple[str, ...] = ()  # message fields the template left out (e.g. "reasoning", "tool_call")
-
-
-_PROBE_USER = "sftdata probe question 4f1c"
-_PROBE_ASSISTANT = "sftdata probe answer 9b2e"
-
-
-def probe_template(template: ChatTemplate, special_pattern: re.Pattern | None) -> TemplateFacts:
-    user = {"role": "user", "content": _PROBE_USER}
-    assistant = {"role": "assistant", "content": _PROBE_ASSISTANT}
-    try:
-        full = template.render([user, assistant]).text
-    except TemplateRenderError as err:
-        raise TemplateRenderError(f"the chat template cannot render a user/assistant exchange: {err}") from err
-    answer_at = full.rfind(_PROBE_ASSISTANT)
-    if answer_at < 0:
-        raise TemplateRenderError("the chat template does not render assistant message content")
-    after = full[answer_at + len(_PROBE_ASSISTANT) :]
-    eot_match = special_pattern.search(after) if special_pattern else None
-    end_of_turn = eot_match.group() if eot_match else None
-
-    header = ""
-    try:
-        prompt = template.render([user]).text
-        asking = template.render([user], add_generation_prompt=True).text
-        if asking.startswith(prompt):
-            header = asking[len(prompt) :]
-    except TemplateRenderError:
-        pass
-    if not header.strip() and special_pattern:
-        # no generation prompt (Llama-2, Mistral): the model speaks right after the last control token
-        # between the question and the answer, e.g. `[/INST]`
-        between = full[full.rfind(_PROBE_USER) + len(_PROBE_USER) : answer_at]
-        found = list(special_pattern.finditer(between))
-        header = found[-1].group() if found else ""
-    return TemplateFacts(header=header, end_of_turn=end_of_turn)
-
-
-def resolve_train_flags(messages: Sequence[Message], policy: TrainOn) -> list[bool]:
-    """Which messages are targets: the policy, overridden by each message's own `train` flag."""
-    if policy is TrainOn.ALL:
-        defaults = [True] * len(messages)
-    elif policy is TrainOn.LAST:
-        last = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=-1)
-        defaults = [i == last for i in range(len(messages))]
-    else:
-        defaults = [m.role == "assistant" for m in messages]
-    return [d if m.train is None else m.train for m, d in zip(messages, defaults)]
-
-
-def _is_empty_turn(message: Message) -> bool:
-    return not message.content.strip() and not message.tool_calls and not (message.reasoning or "").strip()
-
 
 # -- template inputs ---------------------------------------------------------------------------
 
@@ -380,7 +297,7 @@ def render_conversation(
     messages = conv.messages
     flags = resolve_train_flags(messages, train_on)
     if special_pattern is not None and special_text is SpecialText.REJECT:
-        _reject_special_text(messages, special_pattern)
+        reject_special_text(messages, special_pattern)
     n = len(messages)
     wrap = _Wrapper()
     text, marked, sentinels, generation = None, None, None, ()
@@ -422,7 +339,7 @@ def render_conversation(
     ranges = [(a, b, i) for i, data in enumerate(regions) for a, b in data]
     for i, (m, train, data) in enumerate(zip(messages, flags, regions)):
         data = sorted(data)
-        if train and m.role == "assistant" and _is_empty_turn(m):
+        if train and m.role == "assistant" and is_empty_turn(m):
             train = False  # nothing to learn but "stop at once"; counted as an untrained turn
         if not data:
             spans.append(MessageSpan(m.role, False, ()))
@@ -446,24 +363,3 @@ def render_conversation(
     return Rendered(conv.source_id, text, tuple(spans), method, literal, train_on is TrainOn.ALL, unrendered)
 
 
-def _fields(m: Message) -> Iterator[tuple[str, str]]:
-    yield "content", m.content
-    yield "reasoning", m.reasoning or ""
-    for call in m.tool_calls:
-        arguments = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments,
-                                                                                     ensure_ascii=False)
-        yield "tool call", call.name + " " + arguments
-
-
-def _reject_special_text(messages: Sequence[Message], pattern: re.Pattern) -> None:
-    for i, m in enumerate(messages):
-        if not (m.reasoning or m.tool_calls or pattern.search(m.content)):
-            continue  # the common case, without going through every field
-        for field, value in _fields(m):
-            found = pattern.search(value)
-            if found:
-                raise RecordError(
-                    Reason.SPECIAL_TOKEN_IN_CONTENT,
-                    f"message {i} ({m.role}) {field} contains the special token text {found.group()!r}; "
-                    "it would become a control token (use --special-text literal or allow)",
-                )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .config import Overlong
-from .conversation import Document
+from .records import Document
 from .rejects import Reason, RecordError
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .stats import BuildData
-from .tokenizer import Spelling, load_tokenizer
+from .token_bytes import Spelling
+from .tokenizer import load_tokenizer
 
 # -- token ids to readable pieces ------------------------------------------------------------------------
 

@@ -9,10 +9,10 @@ import pytest
 
 from sftdata.build import build
 from sftdata.config import BuildConfig, InputFormat, Overlong, SpecialText, TrainOn
-from sftdata.pipeline import Worker
+from sftdata.records import RawRecord
 from sftdata.rejects import Reason
 from sftdata.shards import iter_rows, open_build, read_rejects
-from sftdata.sources import RawRecord
+from sftdata.worker import Worker
 
 from .conftest import fixture_tokenizer
 

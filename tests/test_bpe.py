@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from sftdata.bpe import _probe_disagreements, ranked_pattern
-from sftdata.spans import Rendered
+from sftdata.encoding import encode, tokenize
+from sftdata.records import Rendered
+from sftdata.tiktoken_bpe import _probe_disagreements, ranked_pattern
 from sftdata.tokenizer import _ranked_encoder, load_tokenizer
-from sftdata.tokens import encode, tokenize
+
 from .conftest import fixture_tokenizer, requires_shared, shared_tokenizer
 from .test_tokens import SPELLING_TEXTS
 
@@ -130,8 +131,8 @@ def test_pickled_for_a_worker_it_travels_without_the_parsed_tokenizer_or_the_enc
 def test_llama3_ids_from_tiktoken_equal_the_tokenizers_on_the_shared_conversations(tmp_path):
     from bench.bench_build import make_corpus
     from sftdata.config import BuildConfig
-    from sftdata.pipeline import Worker
     from sftdata.sources import read_inputs
+    from sftdata.worker import Worker
 
     tok = load_tokenizer(shared_tokenizer("llama3_1"))
     assert tok.ranked is not None, "Llama 3's tokenizer.json was converted from tiktoken's ranks"

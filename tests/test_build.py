@@ -112,7 +112,7 @@ def test_shards_have_the_documented_layout_and_open_everywhere(full_build):
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_same_inputs_give_byte_identical_shards_with_any_worker_count(tmp_path, monkeypatch, start_method):
-    from sftdata import executor
+    from sftdata.executors import local as executor
 
     pools = []
     monkeypatch.setattr(executor, "_start_method", lambda: start_method)
@@ -138,7 +138,7 @@ def test_once_the_input_is_read_this_process_takes_back_batches_the_pool_has_not
     from collections import deque
     from concurrent.futures import Future
 
-    from sftdata.executor import _Queued, _take_back_one
+    from sftdata.executors.local import _Queued, _take_back_one
 
     class Local:
         def process(self, batch):

@@ -9,8 +9,8 @@ import pytest
 
 from sftdata.comparators import find_subsequence, response_template_mask
 from sftdata.config import BuildConfig, InputFormat
-from sftdata.pipeline import Worker
-from sftdata.sources import RawRecord
+from sftdata.records import RawRecord
+from sftdata.worker import Worker
 
 from .conftest import requires_shared, shared_tokenizer
 from .contract import hf_tokenizer, reference_tokens, trained_runs

@@ -13,9 +13,9 @@ import pytest
 
 from sftdata.config import BuildConfig, InputFormat, TrainOn
 from sftdata.formats import to_conversation
-from sftdata.pipeline import Worker
+from sftdata.records import RawRecord
 from sftdata.rejects import Reason
-from sftdata.sources import RawRecord
+from sftdata.worker import Worker
 
 from .conftest import TEMPLATES, fixture_tokenizer, requires_shared, shared_tokenizer
 from .contract import check_contract

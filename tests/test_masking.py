@@ -7,11 +7,11 @@ broken one way at a time, as a span-finding bug would break it, and `verify` mus
 import pytest
 
 from sftdata.config import BuildConfig, InputFormat
+from sftdata.encoding import tokenize
 from sftdata.masking import compute_mask, make_document, verify
-from sftdata.pipeline import Worker
+from sftdata.records import RawRecord
 from sftdata.rejects import Reason, RecordError
-from sftdata.sources import RawRecord
-from sftdata.tokens import tokenize
+from sftdata.worker import Worker
 
 from .conftest import fixture_tokenizer
 

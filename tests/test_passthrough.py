@@ -7,12 +7,13 @@ import re
 import pytest
 
 from sftdata import spans
+from sftdata.probe import probe_template
 from sftdata.config import BuildConfig, TrainOn
-from sftdata.conversation import Conversation, Message
-from sftdata.pipeline import Worker
+from sftdata.records import Conversation, Message, RawRecord
 from sftdata.rejects import RecordError
-from sftdata.sources import RawRecord, read_inputs
+from sftdata.sources import read_inputs
 from sftdata.template import ChatTemplate
+from sftdata.worker import Worker
 
 from .conftest import FIXTURES, SHARED, fixture_tokenizer, requires_shared
 
@@ -181,7 +182,7 @@ def test_private_use_characters_outside_the_fields_keep_two_renderings():
     template = ChatTemplate(source, {})
     assert template.passthrough_refusal is None
     conv = Conversation(0, (Message("user", "A"), Message("assistant", "B", name="\U000F0000\U000F0001")))
-    rendered = spans.render_conversation(conv, template, spans.probe_template(template, None), TrainOn.ASSISTANT)
+    rendered = spans.render_conversation(conv, template, probe_template(template, None), TrainOn.ASSISTANT)
     assert rendered.text == "\U000F0000\U000F0001B"
     for literal in ("{{ '\U000F0000' }}", "{% if false %}\U000F0001{% endif %}"):
         assert "private-use" in ChatTemplate(source + literal, {}).passthrough_refusal
@@ -196,7 +197,7 @@ def test_what_one_rendering_cannot_read_is_rendered_again(source, content):
     template = ChatTemplate(source, {})
     assert template.passthrough_refusal is None
     conv = Conversation(0, (Message("user", content), Message("assistant", "Hi")))
-    facts = spans.probe_template(template, None)
+    facts = probe_template(template, None)
     once = spans.render_conversation(conv, template, facts, TrainOn.ASSISTANT)
     assert once.text == template.render(spans.template_messages(conv.messages)).text
     template.passthrough_refusal = "forced"
@@ -214,7 +215,7 @@ def test_the_manifest_says_how_often_each_conversation_was_rendered(tmp_path):
 
 
 def _once_and_twice(template: ChatTemplate, conv: Conversation):
-    facts = spans.probe_template(template, None)
+    facts = probe_template(template, None)
     once = spans.render_conversation(conv, template, facts, TrainOn.ASSISTANT)
     refusal, template.passthrough_refusal = template.passthrough_refusal, "forced"
     twice = spans.render_conversation(conv, template, facts, TrainOn.ASSISTANT)

@@ -5,10 +5,9 @@ import json
 import pytest
 
 from sftdata.config import BuildConfig, InputFormat
-from sftdata.conversation import Message
-from sftdata.pipeline import Worker
-from sftdata.sources import RawRecord
+from sftdata.records import Message, RawRecord
 from sftdata.spans import _difference_region, _Wrapper, template_messages
+from sftdata.worker import Worker
 
 from .conftest import FIXTURES, TEMPLATES, fixture_tokenizer
 

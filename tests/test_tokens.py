@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from sftdata.config import BuildConfig, InputFormat
-from sftdata.pipeline import Worker
-from sftdata.sources import RawRecord
-from sftdata.tokens import EncodedTokens, OffsetTokens, _literal, spelled_offsets, tokenize
+from sftdata.encoding import EncodedTokens, OffsetTokens, _literal, spelled_offsets, tokenize
+from sftdata.records import RawRecord
+from sftdata.worker import Worker
 
 from .conftest import FIXTURES, fixture_tokenizer
 
@@ -79,7 +79,7 @@ def test_a_document_its_tokens_do_not_spell_is_encoded_again_with_offsets():
 
 
 def test_a_document_spelling_more_bytes_than_its_text_is_dropped_not_misread():
-    from sftdata.tokenizer import TokenBytes
+    from sftdata.token_bytes import TokenBytes
 
     table = TokenBytes.of([b"\xc3\xa9", b"abcd", b"a", b"\xe6\x97\xa5"])  # "é", "abcd", "a", "日"
     texts = ["é日", "a", "é"]

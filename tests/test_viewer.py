@@ -9,7 +9,7 @@ import pytest
 
 from sftdata.cli import main
 from sftdata.stats import BuildData
-from sftdata.bpe import byte_level_alphabet
+from sftdata.tiktoken_bpe import byte_level_alphabet
 from sftdata.viewer import Vocab, load_vocab, visible
 
 from .conftest import fixture_tokenizer

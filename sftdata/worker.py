@@ -1,8 +1,8 @@
-"""The build's per-batch work: raw records in, verified documents and rejects out.
+"""What one batch of a build does: raw records in, verified documents and rejects out.
 
 A `Worker` holds what one process needs (tokenizer, compiled template, probed template facts) and turns
 a batch of raw records into documents: parse -> render and find spans -> one batch encode -> mask,
-verify, fit to length. It does no I/O, so it runs the same in-process or in a pool (executor.py).
+verify, fit to length. It does no I/O, so it runs the same wherever an executor (executors/) runs it.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import numpy as np
 
 from .comparators import response_template_mask
 from .config import BuildConfig, Masker
-from .conversation import Conversation, Document, Message
+from .encoding import encode, tokens_of
 from .formats import to_conversation
 from .masking import make_document
+from .probe import probe_template
+from .records import Conversation, Document, Message, RawRecord, Rendered
 from .rejects import RecordError, Reject
-from .sources import RawRecord
-from .spans import Rendered, probe_template, render_conversation
+from .spans import render_conversation
 from .template import ChatTemplate
 from .tokenizer import ModelTokenizer, load_tokenizer
-from .tokens import encode, tokens_of
 from .truncation import fit_length
 
 

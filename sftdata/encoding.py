@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import tokenizers
 
-from .spans import Range, Rendered
-from .tokenizer import ModelTokenizer, TokenBytes
+from .records import Range, Rendered
+from .token_bytes import TokenBytes
+from .tokenizer import ModelTokenizer
 
 
 @dataclass(slots=True)

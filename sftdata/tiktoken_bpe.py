@@ -23,7 +23,6 @@ import unicodedata
 import numpy as np
 import tiktoken
 
-
 # a probed character next to each kind of character a pre-tokenizer regex tells apart: a letter, a
 # digit, a space, itself, an apostrophe (contractions), a newline, punctuation
 _CONTEXT = "a{c}b {c}{c}1{c}'{c}\n{c}.{c}'s"

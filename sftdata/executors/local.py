@@ -24,10 +24,10 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Iterable, Iterator, NamedTuple
 
-from .config import BuildConfig
-from .pipeline import BatchResult, Worker
-from .sources import RawRecord
-from .tokenizer import ModelTokenizer
+from ..config import BuildConfig
+from ..records import RawRecord
+from ..tokenizer import ModelTokenizer
+from ..worker import BatchResult, Worker
 
 ENCODE_QUEUE = 4  # rendered batches waiting for the encoder, at most
 QUEUED_PER_PROCESS = 4  # batches queued for each pool process, so that none waits for this one
