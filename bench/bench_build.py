@@ -115,8 +115,8 @@ def run_build(paths: list[Path], workers: int, pack: bool, out: Path) -> dict:
     manifest = build(paths, out, BuildConfig(tokenizer=str(TOKENIZER), workers=workers, pack=pack,
                                              max_length=MAX_LENGTH), overwrite=True)
     own, children = _peak_rss_mb()
-    return {"seconds": time.perf_counter() - started, "tokens": manifest["counts"]["tokens"],
-            "stages": manifest["_seconds"], "rss_mb": own, "worker_rss_mb": children,
+    return {"seconds": time.perf_counter() - started, "tokens": manifest.counts.tokens,
+            "stages": manifest.seconds, "rss_mb": own, "worker_rss_mb": children,
             "fill": (manifest.get("packing") or {}).get("fill")}
 
 

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sftdata.shards import FORMAT_VERSION, MANIFEST, Row, ShardWriter, open_shard, write_json_atomic
+from sftdata.config import BuildConfig
+from sftdata.manifest import Manifest, TokenizerInfo
+from sftdata.shards import Row, ShardWriter, open_shard
 
 VOCAB = 1024
 
@@ -63,18 +65,17 @@ def make_build(folder: Path, rows: int, length: int, fingerprint: str, packed: b
         mask[np.cumsum(lens) - lens] = 0  # a document's first token is never a target
         writer.write(Row(rng.integers(1, VOCAB, n).astype(np.int32), mask, lens, list(range(len(lens)))))
         tokens += n
-    manifest = {"format_version": FORMAT_VERSION, "tokenizer": {"name": "bench", "fingerprint": fingerprint},
-                "counts": {"rows": rows, "tokens": tokens}, "config": {"max_length": length, "pack": packed},
-                "shards": [s.to_json() for s in writer.close()]}
-    write_json_atomic(folder / MANIFEST, manifest)
+    tokenizer = TokenizerInfo(name="bench", fingerprint=fingerprint, vocab_size=VOCAB, prefix_ids=[], special_tokens={})
+    config = BuildConfig(tokenizer="bench", max_length=length, pack=packed)
+    Manifest.for_shards(writer.close(), tokenizer, config).write(folder)
     return tokens
 
 
 def read_raw(build: Path) -> int:
     """The floor: every column buffer of every shard, memory-mapped, as int64 tensors."""
-    manifest, tokens = json.loads((build / MANIFEST).read_text()), 0
-    for shard in manifest["shards"]:
-        for batch in open_shard(build / shard["name"]).to_batches():
+    manifest, tokens = Manifest.read(build), 0
+    for shard in manifest.shards:
+        for batch in open_shard(build / shard.name).to_batches():
             ids, _mask, _lens = (torch.from_numpy(batch.column(c).values.to_numpy().astype(np.int64))
                                for c in ("input_ids", "loss_mask", "seq_lens"))
             tokens += len(ids)

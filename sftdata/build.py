@@ -22,20 +22,12 @@ import numpy as np
 from . import __version__
 from .config import BuildConfig
 from .executors.local import default_workers, run_batches
+from .manifest import MANIFEST, REJECTS, Counts, InputInfo, Manifest, PackingInfo, ShardInfo, TemplateInfo
 from .packing import fill_stats, pack_arrays
 from .records import RawRecord
-from .shards import (
-    FORMAT_VERSION,
-    MANIFEST,
-    REJECTS,
-    MappedShard,
-    Row,
-    ShardInfo,
-    ShardWriter,
-    numpy_view,
-    write_json_atomic,
-)
+from .shards import MappedShard, Row, ShardWriter, shard_columns
 from .sources import read_inputs
+from .timing import StageSeconds
 from .worker import BatchResult, Worker
 
 ROWS_PER_RELEASE = 8  # packed rows between releases of the spill's pages: each document read maps 64 KB around it
@@ -74,14 +66,16 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 class _Tally:
-    """Everything a build counts: progress, reject reasons, worker counters, stage seconds, and per
-    input file the records read (as they stream past), documents written and records rejected."""
+    """Everything a build counts: progress, reject reasons, the workers' counts, stage seconds, and per
+    input file the records read (as they stream past), records and documents written, records rejected."""
 
     def __init__(self, paths: list[Path]):
         self.progress = Progress()
         self.reasons: Counter = Counter()
-        self.counters: Counter = Counter()
-        self.seconds: Counter = Counter()
+        self.span_methods: Counter = Counter()
+        self.unrendered_fields: Counter = Counter()
+        self.truncated = self.split_pieces = self.comparator_template_not_found = 0
+        self.seconds = StageSeconds()
         self.records = [0] * len(paths)
         self.formats: list[str | None] = [None] * len(paths)
         self.per_input = [Counter() for _ in paths]
@@ -91,9 +85,8 @@ class _Tally:
     def watch(self, records: Iterable[RawRecord]) -> Iterator[RawRecord]:
         records = iter(records)
         while True:
-            started = time.perf_counter()
-            r = next(records, None)
-            self.seconds["read"] += time.perf_counter() - started
+            with self.seconds.timing("read"):
+                r = next(records, None)
             if r is None:
                 return
             if not self._started_inputs or self._started_inputs[-1] != r.input_index:
@@ -114,9 +107,11 @@ class _Tally:
             documents.write(Row(doc.input_ids, doc.loss_mask, [doc.num_tokens], [doc.source_id]))
             progress.tokens += doc.num_tokens
             progress.trained_tokens += doc.num_trained
+            counts = self.per_input[self.input_of(doc.source_id)]
+            counts["documents"] += 1
             if doc.source_id not in written:
                 written.add(doc.source_id)
-                self.per_input[self.input_of(doc.source_id)]["documents"] += 1
+                counts["records_written"] += 1
         for reject in result.rejects:
             rejects_file.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
             self.reasons[reject.reason.value] += 1
@@ -125,8 +120,30 @@ class _Tally:
         progress.records_written += len(written)
         progress.documents += len(result.documents)
         progress.rejected += len(result.rejects)
-        self.counters.update(result.counters)
+        self.span_methods.update(result.span_methods)
+        self.unrendered_fields.update(result.unrendered_fields)
+        self.truncated += result.truncated
+        self.split_pieces += result.split_pieces
+        self.comparator_template_not_found += result.comparator_template_not_found
         self.seconds.update(result.seconds)
+
+    def inputs(self, paths: list[Path]) -> list[InputInfo]:
+        return [InputInfo(path=str(p), format=self.formats[i], records=self.records[i],
+                          records_written=self.per_input[i]["records_written"],
+                          documents=self.per_input[i]["documents"], rejected=self.per_input[i]["rejected"])
+                for i, p in enumerate(paths)]
+
+    def counts(self, rows: int) -> Counts:
+        p = self.progress
+        if p.records != p.records_written + p.rejected:
+            raise BuildError(f"internal error: {p.records} records != {p.records_written} written "
+                             f"+ {p.rejected} rejected")
+        return Counts(records=p.records, records_written=p.records_written, documents=p.documents,
+                      rejected=p.rejected, rejected_by_reason=dict(sorted(self.reasons.items())),
+                      tokens=p.tokens, trained_tokens=p.trained_tokens, truncated=self.truncated,
+                      split_pieces=self.split_pieces, rows=rows, span_methods=dict(sorted(self.span_methods.items())),
+                      unrendered_fields=dict(sorted(self.unrendered_fields.items())),
+                      comparator_template_not_found=self.comparator_template_not_found)
 
 
 def build(
@@ -135,13 +152,11 @@ def build(
     config: BuildConfig,
     overwrite: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
-) -> dict:
+) -> Manifest:
     out_dir = Path(out_dir)
     paths = [Path(p) for p in inputs]
     if not paths:
         raise BuildError("no inputs given")
-    if config.pack and not config.max_length:
-        raise BuildError("--pack needs --max-length: the row length to pack documents into")
     local = Worker(config)  # loads tokenizer and template: a problem with either stops the build here
     _prepare_out_dir(out_dir, overwrite)
     workers = config.workers or default_workers()
@@ -157,75 +172,50 @@ def build(
     with open(rejects_tmp, "w", encoding="utf-8") as rejects_file:
         batches = _chunks(tally.watch(read_inputs(paths, config.format)), config.batch_size)
         for result in run_batches(batches, config, local, workers):
-            started = time.perf_counter()
-            tally.add(result, documents, rejects_file)
-            tally.seconds["write"] += time.perf_counter() - started
+            with tally.seconds.timing("write"):
+                tally.add(result, documents, rejects_file)
             if on_progress:
                 on_progress(tally.progress)
     packing = None
     if config.pack:
-        started = time.perf_counter()
-        packing = write_packed(spill_dir, documents.close(), writer, config.max_length, config.seed)
-        shutil.rmtree(spill_dir)
-        tally.seconds["pack_write"] += time.perf_counter() - started
+        with tally.seconds.timing("pack_write"):
+            packing = write_packed(spill_dir, documents.close(), writer, config.max_length, config.seed)
+            shutil.rmtree(spill_dir)
     shards = writer.close()
     os.replace(rejects_tmp, out_dir / REJECTS)
 
-    progress, counters = tally.progress, dict(sorted(tally.counters.items()))
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "sftdata_version": __version__,
-        "tokenizer": local.tokenizer.summary(),
-        "template": {
-            "source": local.tokenizer.template_source,
-            "fingerprint": local.tokenizer.template_fingerprint,
-            "header": local.facts.header,
-            "end_of_turn": local.facts.end_of_turn,
+    template = local.template
+    manifest = Manifest(
+        sftdata_version=__version__,
+        tokenizer=local.tokenizer.summary(),
+        template=TemplateInfo(
+            source=local.tokenizer.template_source, fingerprint=local.tokenizer.template_fingerprint,
+            header=local.facts.header, end_of_turn=local.facts.end_of_turn,
             # once per conversation where it provably passes message text through, else twice (spans.py)
-            "renders": 2 if local.template.passthrough_refusal else 1,
-            **({"why_two_renders": local.template.passthrough_refusal} if local.template.passthrough_refusal else {}),
-        },
-        "config": config.to_json(),
-        "inputs": [
-            {"path": str(p), "format": tally.formats[i], "records": tally.records[i],
-             "documents": tally.per_input[i]["documents"], "rejected": tally.per_input[i]["rejected"]}
-            for i, p in enumerate(paths)
-        ],
-        "counts": {
-            "records": progress.records,
-            "records_written": progress.records_written,
-            "documents": progress.documents,
-            "rejected": progress.rejected,
-            "rejected_by_reason": dict(sorted(tally.reasons.items())),
-            "tokens": progress.tokens,
-            "trained_tokens": progress.trained_tokens,
-            "truncated": counters.pop("truncated", 0),
-            "rows": sum(s.rows for s in shards),
-            **counters,
-        },
-        "packing": packing,
-        "shards": [s.to_json() for s in shards],
-    }
-    if progress.records != progress.records_written + progress.rejected:
-        raise BuildError(f"internal error: {progress.records} records != {progress.records_written} written "
-                         f"+ {progress.rejected} rejected")
-    write_json_atomic(out_dir / MANIFEST, manifest)
-    manifest["_seconds"] = dict(tally.seconds)  # for the caller's summary; not part of the reproducible manifest
+            renders=2 if template.passthrough_refusal else 1, why_two_renders=template.passthrough_refusal),
+        config=config,
+        inputs=tally.inputs(paths),
+        counts=tally.counts(rows=sum(s.rows for s in shards)),
+        packing=packing,
+        shards=shards,
+        seconds=dict(tally.seconds),
+    )
+    manifest.write(out_dir)
     return manifest
 
 
-def write_packed(spill_dir: Path, spilled: list[ShardInfo], writer: ShardWriter, capacity: int, seed: int) -> dict:
+def write_packed(spill_dir: Path, spilled: list[ShardInfo], writer: ShardWriter, capacity: int, seed: int
+                 ) -> PackingInfo:
     """Second pass of a packed build: lengths -> rows -> documents copied from the memory-mapped spill."""
     ids, masks, lens, sources = [], [], [], []
     shards = [MappedShard(spill_dir / info.name) for info in spilled]
     for shard in shards:  # per record batch: flat zero-copy views of the memory-mapped spill
-        for batch in shard.table.to_batches():
-            ids_col, mask_col = batch.column("input_ids"), batch.column("loss_mask")
-            offsets = numpy_view(ids_col.offsets)
-            ids.append((numpy_view(ids_col.values), offsets))
-            masks.append(numpy_view(mask_col.values))
+        for columns in shard_columns(shard.table):
+            (offsets, _, _, _), (id_values, mask_values, _, source_values) = columns.offsets, columns.values
+            ids.append((id_values, offsets))
+            masks.append(mask_values)
             lens.append(np.diff(offsets))
-            sources.append(numpy_view(batch.column("source_ids").values))
+            sources.append(source_values)
     lengths = np.concatenate(lens) if lens else np.zeros(0, np.int64)
     source_ids = np.concatenate(sources) if sources else np.zeros(0, np.int64)
     batch_of = np.repeat(np.arange(len(lens)), [len(x) for x in lens])

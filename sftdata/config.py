@@ -1,9 +1,17 @@
-"""Build configuration: one typed dataclass, one source of defaults, saved whole in the manifest."""
+"""Build settings: one typed dataclass, the only place a default or a setting's help is written.
+
+`sftdata build`'s flags are generated from it (options.py), the Python API takes its fields as keyword
+arguments, and the manifest saves it whole. It is validated when made: a bad setting is one error
+listing every problem, before any work starts.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from datetime import date
 from enum import Enum
+
+from .options import setting
 
 
 class TrainOn(str, Enum):
@@ -38,26 +46,92 @@ class InputFormat(str, Enum):
     PROMPT_COMPLETION = "prompt-completion"
 
 
+class ConfigError(ValueError):
+    """Settings that cannot work together or at all: the message lists each problem."""
+
+
 @dataclass(frozen=True)
 class BuildConfig:
-    tokenizer: str
-    chat_template: str | None = None  # path to a Jinja file; None: the tokenizer's own
-    format: InputFormat = InputFormat.AUTO
-    train_on: TrainOn = TrainOn.ASSISTANT
-    train_eot: bool = True  # train the end-of-turn token closing each trained assistant turn
-    max_length: int | None = 4096
-    overlong: Overlong = Overlong.CUT_TURNS
-    special_text: SpecialText = SpecialText.REJECT
-    # what a template's strftime_now() returns: fixed, so the same inputs give the same shards
-    template_date: str = "2024-07-26"
-    system_prompt: str | None = None  # added to conversations that have none
-    masker: Masker = Masker.SPANS
-    response_template: str | None = None  # for --masker response-template, and the report's baseline
-    pack: bool = False
-    seed: int = 0
-    workers: int = 0  # 0: one per core
-    batch_size: int = 256  # conversations per batch, the unit of work a worker takes
-    shard_tokens: int = 64 * 1024 * 1024  # a new shard starts past this many tokens
+    # what to render and tokenize with
+    tokenizer: str = setting("", "tokenizer folder (tokenizer.json + tokenizer_config.json), or a hub id when "
+                                 "online", required=True)
+    chat_template: str | None = setting(None, "Jinja chat template file to use instead of the tokenizer's",
+                                        metavar="FILE")
+    template_date: str = setting("2024-07-26", "the date templates' strftime_now() sees, fixed so the same "
+                                               "inputs give the same shards (YYYY-MM-DD)", metavar="DATE")
+    system_prompt: str | None = setting(None, "system message added to conversations that have none",
+                                        metavar="TEXT")
+    format: InputFormat = setting(InputFormat.AUTO, "input format; auto: detected per file from its first record")
+
+    # which tokens train
+    train_on: TrainOn = setting(TrainOn.ASSISTANT, "assistant: every assistant turn; last: the final assistant "
+                                                   "turn only; all: every token. A message's own `train: "
+                                                   "true|false` wins")
+    train_eot: bool = setting(True, "train the end-of-turn token closing each trained turn", negative="no-train-eot")
+    special_text: SpecialText = setting(SpecialText.REJECT, "message text that spells a special token (a user "
+                                                            "typing <|im_end|>): reject the record, tokenize it "
+                                                            "as literal text, or allow it to become the control "
+                                                            "token")
+    masker: Masker = setting(Masker.SPANS, "spans: sftdata's exact masks. response-template: a COMPARATOR, not a "
+                                           "recommended mode: the classic search of --response-template's token "
+                                           "ids in each example, training everything after the first match, to "
+                                           "show with `sftdata diff` which examples that approach breaks")
+    response_template: str | None = setting(None, "e.g. '### Assistant:'; used by --masker response-template and "
+                                                  "as the report's baseline", metavar="TEXT")
+
+    # length and layout of the output
+    max_length: int | None = setting(4096, "longest document in tokens; 0 for no limit")
+    overlong: Overlong = setting(Overlong.CUT_TURNS, "longer documents: cut-turns keeps the whole turns that fit "
+                                                     "(nothing is trained without the turns before it); "
+                                                     "split-turns cuts them at turn boundaries into several "
+                                                     "documents (later pieces lack the earlier turns); truncate "
+                                                     "cuts at max-length; reject drops the record. All counted "
+                                                     "in the manifest")
+    pack: bool = setting(False, "pack whole documents into rows of at most --max-length tokens (first-fit "
+                                "decreasing over the whole dataset, rows shuffled by --seed); each row keeps "
+                                "its documents' lengths")
+    seed: int = setting(0, "shuffles the order of packed rows")
+    shard_tokens: int = setting(64 * 1024 * 1024, "a new shard starts past this many tokens")
+
+    # how the work runs (the output does not depend on these)
+    workers: int = setting(0, "this process and N-1 worker processes; 0: one per core. With 1 this process "
+                              "works alone, encoding in a thread while it renders")
+    batch_size: int = setting(256, "conversations per batch: the unit of work a worker takes")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # enums from their values, so the API and a manifest can pass strings
+            value = getattr(self, f.name)
+            kind = f.metadata.get("enum")
+            if kind is not None and not isinstance(value, kind):
+                try:
+                    object.__setattr__(self, f.name, kind(value))
+                except ValueError:
+                    raise ConfigError(f"{f.name} is {value!r}; choose one of "
+                                      f"{', '.join(e.value for e in kind)}") from None
+        if self.max_length == 0:
+            object.__setattr__(self, "max_length", None)  # the flag's "0: no limit"
+        problems = []
+        if not self.tokenizer:
+            problems.append("tokenizer is required (--tokenizer)")
+        if self.max_length is not None and self.max_length < 1:
+            problems.append(f"max_length must be at least 1 (or 0 for no limit), not {self.max_length}")
+        if self.pack and self.max_length is None:
+            problems.append("pack needs max_length: the row length to pack documents into")
+        for name in ("batch_size", "shard_tokens"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.workers < 0:
+            problems.append(f"workers must be 0 (one per core) or more, not {self.workers}")
+        if self.seed < 0:
+            problems.append(f"seed must not be negative, not {self.seed}")
+        if self.masker is Masker.RESPONSE_TEMPLATE and not self.response_template:
+            problems.append("masker response-template needs response_template (--response-template TEXT)")
+        try:
+            date.fromisoformat(self.template_date)
+        except (TypeError, ValueError):
+            problems.append(f"template_date must be a date as YYYY-MM-DD, not {self.template_date!r}")
+        if problems:
+            raise ConfigError("invalid build settings:\n  " + "\n  ".join(problems))
 
     def to_json(self) -> dict:
-        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()}
+        return {f.name: (v.value if isinstance(v := getattr(self, f.name), Enum) else v) for f in fields(self)}

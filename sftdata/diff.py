@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .manifest import Manifest
 from .stats import BuildData
 
 ALIGN_LIMIT = 4000  # beyond this many differing tokens in the middle, no token alignment is attempted
@@ -233,16 +234,14 @@ def _keys(data: BuildData) -> np.ndarray:
     return data.docs.source_id.astype(np.int64) * (1 << 20) + data.docs.piece
 
 
-def settings_changes(a: dict, b: dict) -> list[tuple[str, object, object]]:
+def settings_changes(a: Manifest, b: Manifest) -> list[tuple[str, object, object]]:
     """What differs between two manifests in what shapes the output."""
-    pairs = [("sftdata version", a.get("sftdata_version"), b.get("sftdata_version")),
-             ("tokenizer", a.get("tokenizer", {}).get("name"), b.get("tokenizer", {}).get("name")),
-             ("tokenizer fingerprint", a.get("tokenizer", {}).get("fingerprint", "")[:12],
-              b.get("tokenizer", {}).get("fingerprint", "")[:12]),
-             ("template fingerprint", a.get("template", {}).get("fingerprint", "")[:12],
-              b.get("template", {}).get("fingerprint", "")[:12]),
-             ("inputs", [i["path"] for i in a.get("inputs", [])], [i["path"] for i in b.get("inputs", [])])]
-    ca, cb = a.get("config", {}), b.get("config", {})
+    pairs = [("sftdata version", a.sftdata_version, b.sftdata_version),
+             ("tokenizer", a.tokenizer.name, b.tokenizer.name),
+             ("tokenizer fingerprint", a.tokenizer.fingerprint[:12], b.tokenizer.fingerprint[:12]),
+             ("template fingerprint", a.template.fingerprint[:12], b.template.fingerprint[:12]),
+             ("inputs", [i.path for i in a.inputs], [i.path for i in b.inputs])]
+    ca, cb = a.config.to_json(), b.config.to_json()
     pairs += [(k, ca.get(k), cb.get(k)) for k in sorted(set(ca) | set(cb)) if k not in IGNORED_SETTINGS | {"tokenizer"}]
     return [(k, va, vb) for k, va, vb in pairs if va != vb]
 
@@ -453,7 +452,7 @@ def run_diff(args) -> int:
         return 2
     result = diff_builds(a, b)
     vocab_a, note_a = load_vocab(a.manifest)
-    same_tok = a.manifest.get("tokenizer", {}).get("fingerprint") == b.manifest.get("tokenizer", {}).get("fingerprint")
+    same_tok = a.manifest.tokenizer.fingerprint == b.manifest.tokenizer.fingerprint
     vocab_b, note_b = (vocab_a, note_a) if same_tok else load_vocab(b.manifest)
     for note in {note_a, note_b} - {None}:
         err.print(f"[yellow]note:[/] {escape(note)}")
@@ -512,7 +511,7 @@ def diff_payload(d: BuildDiff, vocab_a, vocab_b, max_docs: int = 5000) -> dict:
     for name, data in ((name_a, d.a), (name_b, d.b)):
         if data.is_comparator:
             notes.append({"level": "warn", "text": f"{name} is a COMPARATOR build: response-template masking of "
-                          f"{data.config.get('response_template')!r}, reproduced to show which examples it breaks."})
+                          f"{data.config.response_template!r}, reproduced to show which examples it breaks."})
     if len(d.docs) > max_docs:
         notes.append({"level": "warn", "text": f"{len(d.docs):,} documents differ; the {max_docs:,} most changed "
                       "are on this page (see --max-html-docs)."})

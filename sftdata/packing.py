@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .manifest import PackingInfo
+
 __all__ = [
     "best_fit_decreasing",
     "fill_stats",
@@ -288,23 +290,21 @@ def l2_lower_bound_rows(lengths, capacity: int) -> int:
     return max(int(bound.max()), lower_bound_rows(arr, cap))
 
 
-def fill_stats(lengths, bins, capacity: int) -> dict:
-    """How full the rows are, against the simple bound ceil(tokens / capacity) and the L2 bound."""
+def fill_stats(lengths, bins, capacity: int) -> PackingInfo:
+    """How full the rows are, against the tightest lower bound known (the larger of ceil(tokens / capacity)
+    and Martello and Toth's L2): rows equal to it are an optimal packing."""
     arr = np.asarray(lengths, dtype=np.int64)
     tokens = int(arr.sum())
     rows = len(bins)
-    lb = lower_bound_rows(arr, capacity)
-    fill = tokens / (rows * capacity) if rows else 1.0
-    lb_fill = tokens / (lb * capacity) if lb else 1.0
-    return {
-        "documents": int(sum(len(b) for b in bins)),
-        "tokens": tokens,
-        "capacity": int(capacity),
-        "rows": rows,
-        "fill": fill,
-        "lower_bound_rows": lb,
-        "lower_bound_fill": lb_fill,
-        "fill_vs_lower_bound": fill / lb_fill if lb_fill else 1.0,  # == lower_bound_rows / rows
-        "l2_lower_bound_rows": l2_lower_bound_rows(arr, capacity),
-        "max_row_tokens": max((int(arr[b].sum()) for b in bins), default=0),
-    }
+    l1, l2 = lower_bound_rows(arr, capacity), l2_lower_bound_rows(arr, capacity)
+    return PackingInfo(
+        documents=int(sum(len(b) for b in bins)),
+        tokens=tokens,
+        capacity=int(capacity),
+        rows=rows,
+        fill=tokens / (rows * capacity) if rows else 1.0,
+        lower_bound_rows=max(l1, l2),
+        l1_lower_bound_rows=l1,
+        l2_lower_bound_rows=l2,
+        max_row_tokens=max((int(arr[b].sum()) for b in bins), default=0),
+    )

@@ -41,7 +41,7 @@ class Baseline:
 
 
 def choose_baseline(data: BuildData, vocab: Vocab | None) -> tuple[Baseline, str | None]:
-    template = data.config.get("response_template")
+    template = data.config.response_template
     everything = Baseline("baseline: train every token", None)
     if data.is_comparator:
         return everything, None
@@ -222,7 +222,7 @@ def report_payload(data: BuildData, vocab: Vocab | None, notes: list[str], per_c
         ln = s["length"]
         summary.append(("document length", f"{ln['p50']:,}",
                         f"median; p90 {ln['p90']:,}, max {ln['max']:,} tokens"))
-    summary.append(("truncated", f"{s['truncated']:,}", f"over-long policy: {data.config.get('overlong')}"))
+    summary.append(("truncated", f"{s['truncated']:,}", f"over-long policy: {data.config.overlong.value}"))
     fill = f"fill {s['fill']:.1%} of rows × max length {s['max_length']:,}" if s["fill"] is not None else ""
     summary.append(("rows", f"{s['rows']:,}", "; ".join(filter(None, ["packed" if s["packed"] else
                                                                      "one document per row", fill]))))
@@ -261,14 +261,12 @@ def _sample_rejects(rejects: list[dict], per_reason: int) -> list[dict]:
 
 def subtitle(data: BuildData) -> list[str]:
     m, c = data.manifest, data.config
-    tok = m.get("tokenizer", {})
-    tpl = m.get("template", {})
+    tok, tpl = m.tokenizer, m.template
     return [data.describe(),
-            f"tokenizer {tok.get('name')} (fingerprint {str(tok.get('fingerprint', ''))[:12]}, "
-            f"{tok.get('vocab_size', '?'):,} tokens) · template from {tpl.get('source')} · "
-            f"reply header {tpl.get('header')!r} · end of turn {tpl.get('end_of_turn')!r}",
-            f"max length {c.get('max_length')} · over-long {c.get('overlong')} · special text "
-            f"{c.get('special_text')} · pack {c.get('pack')} · sftdata {m.get('sftdata_version')}"]
+            f"tokenizer {tok.name} (fingerprint {tok.fingerprint[:12]}, {tok.vocab_size:,} tokens) · template "
+            f"from {tpl.source} · reply header {tpl.header!r} · end of turn {tpl.end_of_turn!r}",
+            f"max length {c.max_length} · over-long {c.overlong.value} · special text {c.special_text.value} · "
+            f"{'packed' if c.pack else 'not packed'} · sftdata {m.sftdata_version}"]
 
 
 COMPARATOR_BANNER = ("COMPARATOR build: its masks reproduce the classic response-template search (train "

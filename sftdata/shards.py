@@ -21,14 +21,12 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-REJECTS = "rejects.jsonl"
+from .manifest import REJECTS, Manifest, ShardInfo
 
 SCHEMA = pa.schema(
     [
@@ -48,17 +46,6 @@ class Row:
     loss_mask: np.ndarray  # uint8
     seq_lens: Sequence[int]
     source_ids: Sequence[int]
-
-
-@dataclass(frozen=True, slots=True)
-class ShardInfo:
-    name: str
-    rows: int
-    tokens: int
-    sha256: str
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "rows": self.rows, "tokens": self.tokens, "sha256": self.sha256}
 
 
 def _numpy_array(values: np.ndarray, dtype: pa.DataType) -> pa.Array:
@@ -149,28 +136,6 @@ class ShardWriter:
         self._writer, self._tmp_path, self._rows, self._tokens = None, None, 0, 0
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_manifest(build_dir: str | os.PathLike) -> dict:
-    path = Path(build_dir) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{build_dir} has no {MANIFEST}: it is not a finished sftdata build (run `sftdata build` first, "
-            "or let a running build finish)"
-        )
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: shard format version {manifest.get('format_version')} is not {FORMAT_VERSION}, "
-            "the version this sftdata reads; rebuild with this version"
-        )
-    return manifest
-
-
 def open_shard(path: str | os.PathLike) -> pa.Table:
     """A shard as an Arrow table backed by a memory map: nothing is read until it is touched."""
     return pa.ipc.open_stream(pa.memory_map(str(path), "r")).read_all()
@@ -191,9 +156,9 @@ class MappedShard:
         self._map.madvise(mmap.MADV_DONTNEED)
 
 
-def open_build(build_dir: str | os.PathLike) -> tuple[dict, list[pa.Table]]:
-    manifest = read_manifest(build_dir)
-    tables = [open_shard(Path(build_dir) / s["name"]) for s in manifest["shards"]]
+def open_build(build_dir: str | os.PathLike) -> tuple[Manifest, list[pa.Table]]:
+    manifest = Manifest.read(build_dir)
+    tables = [open_shard(Path(build_dir) / s.name) for s in manifest.shards]
     return manifest, tables
 
 
@@ -204,15 +169,31 @@ def numpy_view(array: pa.Array) -> np.ndarray:
     return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
 
 
+class Columns(NamedTuple):
+    """One record batch of a shard as zero-copy numpy views: per column (SCHEMA order), the row offsets
+    and the flat values; row i of a column is `values[offsets[i] : offsets[i + 1]]`."""
+
+    rows: int
+    offsets: tuple[np.ndarray, ...]
+    values: tuple[np.ndarray, ...]
+
+    def row(self, i: int) -> Row:
+        return Row(*(v[o[i] : o[i + 1]] for v, o in zip(self.values, self.offsets)))
+
+
+def shard_columns(table: pa.Table) -> Iterator[Columns]:
+    """Every record batch of a shard as `Columns`: how everything that reads shards reads them."""
+    for batch in table.to_batches():
+        cols = [batch.column(i) for i in range(len(SCHEMA))]
+        yield Columns(batch.num_rows, tuple(numpy_view(c.offsets) for c in cols),
+                      tuple(numpy_view(c.values) for c in cols))
+
+
 def iter_rows(table: pa.Table) -> Iterator[Row]:
     """Rows of a shard as numpy views over the Arrow buffers (no copies)."""
-    for batch in table.to_batches():
-        cols = [batch.column(i) for i in range(4)]
-        offs = [numpy_view(c.offsets) for c in cols]
-        vals = [numpy_view(c.values) for c in cols]
-        for i in range(batch.num_rows):
-            ids, mask, lens, srcs = (v[o[i] : o[i + 1]] for v, o in zip(vals, offs))
-            yield Row(ids, mask, lens, srcs)
+    for columns in shard_columns(table):
+        for i in range(columns.rows):
+            yield columns.row(i)
 
 
 def read_rejects(build_dir: str | os.PathLike) -> list[dict]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .config import BuildConfig, Masker
 from .shards import numpy_view, open_build, read_rejects
 
 if TYPE_CHECKING:
@@ -135,29 +136,29 @@ class BuildData:
 
     # -- what the build is -------------------------------------------------------------------------
     @property
-    def config(self) -> dict:
-        return self.manifest.get("config", {})
+    def config(self) -> BuildConfig:
+        return self.manifest.config
 
     @property
     def is_comparator(self) -> bool:
-        return self.config.get("masker") == COMPARATOR
+        return self.config.masker is Masker.RESPONSE_TEMPLATE
 
     @property
     def max_length(self) -> int | None:
-        return self.config.get("max_length") or None
+        return self.config.max_length
 
     @property
     def packed(self) -> bool:
-        return bool(self.config.get("pack")) or bool(len(self.docs) and self.docs.row_documents.max() > 1)
+        return self.config.pack or bool(len(self.docs) and self.docs.row_documents.max() > 1)
 
     def describe(self) -> str:
         """One line naming the build and how it masks, with comparators said to be comparators."""
         c = self.config
         if self.is_comparator:
-            how = f"COMPARATOR: response-template masking of {c.get('response_template')!r} (not sftdata's masks)"
+            how = f"COMPARATOR: response-template masking of {c.response_template!r} (not sftdata's masks)"
         else:
-            how = f"sftdata masks, train-on {c.get('train_on')}" + ("" if c.get("train_eot", True) else ", no eot")
-        tok = self.manifest.get("tokenizer", {}).get("name", "?")
+            how = f"sftdata masks, train-on {c.train_on.value}" + ("" if c.train_eot else ", no eot")
+        tok = self.manifest.tokenizer.name
         return f"{self.path}  ·  {how}  ·  tokenizer {tok}"
 
     @cached_property
@@ -167,7 +168,7 @@ class BuildData:
     @cached_property
     def input_starts(self) -> np.ndarray:
         """First source id of each input file (inputs hold consecutive source ids, in order)."""
-        records = [i.get("records", 0) for i in self.manifest.get("inputs", [])]
+        records = [i.records for i in self.manifest.inputs]
         return np.concatenate([[0], np.cumsum(records, dtype=np.int64)])[:-1] if records else np.zeros(1, np.int64)
 
     def input_of(self, source_ids) -> np.ndarray:
@@ -175,11 +176,11 @@ class BuildData:
 
     def where(self, source_id: int) -> str:
         """'file.jsonl #3': the input file and the record's 0-based index in it."""
-        inputs = self.manifest.get("inputs", [])
+        inputs = self.manifest.inputs
         if not inputs:
             return f"source {source_id}"
         i = int(self.input_of([source_id])[0])
-        return f"{Path(inputs[i]['path']).name} #{source_id - int(self.input_starts[i])}"
+        return f"{Path(inputs[i].path).name} #{source_id - int(self.input_starts[i])}"
 
     # -- tokens ------------------------------------------------------------------------------------
     def ids(self, doc: int) -> np.ndarray:
@@ -228,10 +229,10 @@ def build_stats(data: BuildData) -> dict:
     rejects by reason, per input file; `checks` lists any disagreement with the manifest's counts."""
     import polars as pl
 
-    m, counts = data.manifest, data.manifest.get("counts", {})
+    m, counts = data.manifest, data.manifest.counts
     docs = data.frame().with_columns((pl.col("trained") / pl.col("length")).alias("ratio"))
     rejects = pl.DataFrame(data.rejects, schema={"source_id": pl.Int64, "reason": pl.Utf8, "detail": pl.Utf8})
-    if data.manifest.get("inputs"):
+    if data.manifest.inputs:
         rejects = rejects.with_columns(pl.Series("input", data.input_of(rejects["source_id"].to_numpy())))
     else:
         rejects = rejects.with_columns(pl.lit(0).alias("input"))
@@ -239,9 +240,9 @@ def build_stats(data: BuildData) -> dict:
     max_length = data.max_length
     out = {
         "build": str(data.path),
-        "masker": data.config.get("masker", "spans"),
+        "masker": data.config.masker.value,
         "comparator": data.is_comparator,
-        "records": counts.get("records"),
+        "records": counts.records,
         "documents": docs.height,
         "tokens": tokens,
         "trained_tokens": trained,
@@ -250,7 +251,7 @@ def build_stats(data: BuildData) -> dict:
         "trained_ratio_per_document": _percentiles(docs["ratio"], (0.1, 0.5, 0.9)),
         "multi_turn_documents": int((docs["runs"] > 1).sum()),
         "untrained_documents": int((docs["trained"] == 0).sum()),
-        "truncated": counts.get("truncated", 0),
+        "truncated": counts.truncated,
         "rows": data.rows,
         "packed": data.packed,
         "max_length": max_length,
@@ -263,11 +264,11 @@ def build_stats(data: BuildData) -> dict:
                                          pl.col("trained").sum().alias("trained_tokens"))
     per_doc = {r["input"]: r for r in per_doc.iter_rows(named=True)}
     inputs = []
-    for i, info in enumerate(m.get("inputs", [])):
+    for i, info in enumerate(m.inputs):
         row = per_doc.get(i, {"documents": 0, "tokens": 0, "trained_tokens": 0})
         mine = rejects.filter(pl.col("input") == i)
         inputs.append({
-            "path": info["path"], "format": info.get("format"), "records": info.get("records"),
+            "path": info.path, "format": info.format, "records": info.records,
             "documents": int(row["documents"]), "tokens": int(row["tokens"]),
             "trained_tokens": int(row["trained_tokens"]),
             "trained_ratio": round(row["trained_tokens"] / row["tokens"], 4) if row["tokens"] else 0.0,
@@ -278,8 +279,8 @@ def build_stats(data: BuildData) -> dict:
     checks = []
     for key, value in (("documents", docs.height), ("tokens", tokens), ("trained_tokens", trained),
                        ("rows", data.rows), ("rejected", rejects.height)):
-        if key in counts and counts[key] != value:
-            checks.append(f"manifest counts {counts[key]:,} {key}, the build's files hold {value:,}")
+        if getattr(counts, key) != value:
+            checks.append(f"manifest counts {getattr(counts, key):,} {key}, the build's files hold {value:,}")
     out["checks"] = checks
     return out
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import tokenizers
 
+from .manifest import TokenizerInfo
 from .tiktoken_bpe import RankedEncoder, disagreeing_characters, ranked_pattern
 from .token_bytes import Spelling, TokenBytes
 
@@ -139,14 +140,9 @@ class ModelTokenizer:
             loaded.__dict__[key] = data[key]
         return loaded
 
-    def summary(self) -> dict:
-        return {
-            "name": self.name,
-            "fingerprint": self.fingerprint,
-            "vocab_size": self.vocab_size,
-            "prefix_ids": list(self.prefix_ids),
-            "special_tokens": self.special_tokens_map,
-        }
+    def summary(self) -> TokenizerInfo:
+        return TokenizerInfo(name=self.name, fingerprint=self.fingerprint, vocab_size=self.vocab_size,
+                             prefix_ids=list(self.prefix_ids), special_tokens=dict(self.special_tokens_map))
 
 
 # text of every kind a template renders: words, spaces and newlines, numbers, accents, CJK, an emoji

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .manifest import Manifest
 from .stats import BuildData
 from .token_bytes import Spelling
 from .tokenizer import load_tokenizer
@@ -73,15 +74,15 @@ class Vocab:
         return self.backend.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
 
 
-def load_vocab(manifest: dict, tokenizer: str | None = None) -> tuple[Vocab | None, str | None]:
+def load_vocab(manifest: Manifest, tokenizer: str | None = None) -> tuple[Vocab | None, str | None]:
     """The build's tokenizer (or `tokenizer`), checked against the manifest's fingerprint.
 
     Returns (vocab, None), or (None, why not): then callers show ids. Loaded through transformers, as the
     build loads it (transformers rebuilds some tokenizers, so tokenizer.json alone can differ)."""
-    name = tokenizer or manifest.get("config", {}).get("tokenizer") or manifest.get("tokenizer", {}).get("name")
+    name = tokenizer or manifest.config.tokenizer or manifest.tokenizer.name
     if not name:
         return None, "the manifest names no tokenizer; showing token ids"
-    expected = manifest.get("tokenizer", {}).get("fingerprint")
+    expected = manifest.tokenizer.fingerprint
     try:
         backend, fingerprint = _load_backend(str(name))
     except Exception as err:  # transformers raises many kinds; all mean "not loadable here"

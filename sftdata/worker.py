@@ -7,7 +7,6 @@ verify, fit to length. It does no I/O, so it runs the same wherever an executor 
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -23,6 +22,7 @@ from .records import Conversation, Document, Message, RawRecord, Rendered
 from .rejects import RecordError, Reject
 from .spans import render_conversation
 from .template import ChatTemplate
+from .timing import StageSeconds
 from .tokenizer import ModelTokenizer, load_tokenizer
 from .truncation import fit_length
 
@@ -32,8 +32,12 @@ class BatchResult:
     documents: list[Document] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     records: int = 0
-    counters: Counter = field(default_factory=Counter)  # span methods, untrained empty turns, ...
-    seconds: Counter = field(default_factory=Counter)  # time per stage
+    span_methods: Counter = field(default_factory=Counter)  # how each written record's spans were found
+    unrendered_fields: Counter = field(default_factory=Counter)  # documents with a field the template drops
+    truncated: int = 0  # documents cut to max_length
+    split_pieces: int = 0  # documents beyond the first of records split into pieces
+    comparator_template_not_found: int = 0
+    seconds: StageSeconds = field(default_factory=StageSeconds)
 
 
 @dataclass
@@ -57,8 +61,6 @@ class Worker:
         # the verdict with the tokenizer instead of each comparing the two libraries again
         self.tokenizer.ranked
         if config.masker is Masker.RESPONSE_TEMPLATE:
-            if not config.response_template:
-                raise ValueError("--masker response-template needs --response-template TEXT")
             ids = self.tokenizer.backend.encode(config.response_template, add_special_tokens=False).ids
             self.response_template_ids = np.asarray(ids, dtype=np.int32)
 
@@ -81,49 +83,45 @@ class Worker:
             return make_document(rendered, tokens, self.tokenizer, self.config.train_eot)
         # comparator: what the classic collator would train, written as is (unverified, possibly empty)
         mask = response_template_mask(tokens.ids, self.response_template_ids)
-        result.counters["comparator_template_not_found"] += not mask.any()
+        result.comparator_template_not_found += not mask.any()
         return Document(rendered.source_id, tokens.ids, mask)
 
     def prepare(self, batch: list[RawRecord]) -> Prepared:
         """Parse and render (Python work)."""
-        started = time.perf_counter()
         prepared = Prepared(BatchResult(records=len(batch)), [])
-        for record in batch:
-            try:
-                prepared.rendered.append(self.render(record))
-            except RecordError as err:
-                prepared.result.rejects.append(Reject(record.source_id, err.reason, err.detail))
-        prepared.result.seconds["render"] += time.perf_counter() - started
+        with prepared.result.seconds.timing("render"):
+            for record in batch:
+                try:
+                    prepared.rendered.append(self.render(record))
+                except RecordError as err:
+                    prepared.result.rejects.append(Reject(record.source_id, err.reason, err.detail))
         return prepared
 
     def encode(self, prepared: Prepared) -> Prepared:
         """One batch encode (the tokenizer's own threads; the GIL is released meanwhile)."""
-        started = time.perf_counter()
-        prepared.encodings = encode(prepared.rendered, self.tokenizer)
-        prepared.result.seconds["tokenize"] += time.perf_counter() - started
+        with prepared.result.seconds.timing("tokenize"):
+            prepared.encodings = encode(prepared.rendered, self.tokenizer)
         return prepared
 
     def finish(self, prepared: Prepared) -> BatchResult:
         """Token offsets, then mask, verify, fit to length (Python work)."""
-        started = time.perf_counter()
         cfg, result = self.config, prepared.result
-        tokens = tokens_of(prepared.rendered, prepared.encodings, self.tokenizer)
-        result.seconds["offsets"] += time.perf_counter() - started
-        started = time.perf_counter()
-        for r, t in zip(prepared.rendered, tokens):
-            try:
-                doc = self._mask(r, t, result)
-                fitted = fit_length(doc, cfg.max_length, cfg.overlong)
-            except RecordError as err:
-                result.rejects.append(Reject(r.source_id, err.reason, err.detail))
-                continue
-            result.documents.extend(fitted)
-            result.counters[f"span_method_{r.method}"] += 1
-            result.counters.update(f"documents_with_unrendered_{kind}" for kind in r.unrendered)
-            result.counters["truncated"] += fitted[0].truncated
-            result.counters["split_pieces"] += len(fitted) - 1
-        result.rejects.sort(key=lambda r: r.source_id)
-        result.seconds["mask_verify"] += time.perf_counter() - started
+        with result.seconds.timing("offsets"):
+            tokens = tokens_of(prepared.rendered, prepared.encodings, self.tokenizer)
+        with result.seconds.timing("mask_verify"):
+            for r, t in zip(prepared.rendered, tokens):
+                try:
+                    doc = self._mask(r, t, result)
+                    fitted = fit_length(doc, cfg.max_length, cfg.overlong)
+                except RecordError as err:
+                    result.rejects.append(Reject(r.source_id, err.reason, err.detail))
+                    continue
+                result.documents.extend(fitted)
+                result.span_methods[r.method] += 1
+                result.unrendered_fields.update(r.unrendered)
+                result.truncated += fitted[0].truncated
+                result.split_pieces += len(fitted) - 1
+            result.rejects.sort(key=lambda r: r.source_id)
         return result
 
     def process(self, batch: list[RawRecord]) -> BatchResult:

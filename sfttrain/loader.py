@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sftdata.shards import Row, numpy_view, open_shard, read_manifest
+from sftdata.manifest import Manifest
+from sftdata.shards import Row, open_shard, shard_columns
 from sfttrain.attention import position_ids
 from sfttrain.loss import IGNORE_INDEX
 
@@ -121,15 +122,13 @@ class RowStore:
     """The rows of a build, read through memory maps: only offsets are touched until a row is asked for."""
 
     def __init__(self, build_dir: str | Path):
-        self.manifest = read_manifest(build_dir)
-        self._cols, starts, lengths = [], [0], []
-        for shard in self.manifest["shards"]:
-            for batch in open_shard(Path(build_dir) / shard["name"]).to_batches():
-                cols = [batch.column(name) for name in ("input_ids", "loss_mask", "seq_lens", "source_ids")]
-                cols = [(numpy_view(c.offsets), numpy_view(c.values)) for c in cols]
-                self._cols.append(cols)
-                starts.append(starts[-1] + batch.num_rows)
-                lengths.append(np.diff(cols[0][0]))
+        self.manifest = Manifest.read(build_dir)
+        self._batches, starts, lengths = [], [0], []
+        for shard in self.manifest.shards:
+            for columns in shard_columns(open_shard(Path(build_dir) / shard.name)):
+                self._batches.append(columns)
+                starts.append(starts[-1] + columns.rows)
+                lengths.append(np.diff(columns.offsets[0]))
         self._starts = np.asarray(starts)
         self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32)
 
@@ -138,17 +137,15 @@ class RowStore:
 
     def row(self, index: int) -> Row:
         b = int(np.searchsorted(self._starts, index, side="right")) - 1
-        i = index - self._starts[b]
-        ids, mask, lens, srcs = (values[offsets[i] : offsets[i + 1]] for offsets, values in self._cols[b])
-        return Row(ids, mask, lens, srcs)
+        return self._batches[b].row(index - self._starts[b])
 
 
-def check_tokenizer(manifest: dict, build_dir, fingerprints: Sequence[str], model_dir) -> None:
-    built = manifest.get("tokenizer", {}).get("fingerprint")
+def check_tokenizer(manifest: Manifest, build_dir, fingerprints: Sequence[str], model_dir) -> None:
+    built = manifest.tokenizer.fingerprint
     if built not in fingerprints:
         raise ValueError(
             f"the shards in {build_dir} were tokenized with a different tokenizer than the model's:\n"
-            f"  shards ({manifest.get('tokenizer', {}).get('name', '?')}): {built}\n"
+            f"  shards ({manifest.tokenizer.name}): {built}\n"
             f"  model  ({model_dir}): {fingerprints[0]}\n"
             f"Training on them would teach the model the wrong ids. Rebuild the shards with "
             f"`sftdata build ... --tokenizer {model_dir}`, or pass the --model they were built for."
@@ -165,7 +162,7 @@ class ShardLoader:
         check_tokenizer(self.manifest, build_dir, tokenizer_fingerprints, model_dir)
         if len(self.store) == 0:
             raise ValueError(f"{build_dir} holds no rows: nothing to train on")
-        self.packed = bool(self.manifest.get("config", {}).get("pack", False))
+        self.packed = self.manifest.config.pack
         self.batch_size, self.seed, self.flat = batch_size, seed, flat
         self.bucket_batches = 0 if self.packed else bucket_batches
         num_batches = math.ceil(len(self.store) / batch_size)

@@ -186,7 +186,9 @@ def setup(cfg: TrainConfig) -> Run:
 def describe(run: Run, sizes: tuple[int, int], bf16: bool, checkpoint: Path | None) -> None:
     """The settings and what they resolved to, printed once at the start."""
     cfg, loader = run.cfg, run.loader
-    counts = ", ".join(f"{k} {v:,}" for k, v in loader.manifest.get("counts", {}).items() if isinstance(v, int))
+    c = loader.manifest.counts
+    counts = (f"{c.documents:,} documents of {c.records:,} records ({c.rejected:,} rejected), "
+              f"{c.trained_tokens:,} trained tokens")
     resumed = f"resuming from {checkpoint} at step {run.step}" if checkpoint else (
         "--resume: no checkpoint yet, starting at step 0" if cfg.resume else "starting at step 0")
     run.log.print("sfttrain settings:\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())

@@ -121,7 +121,7 @@ def test_per_input_counts_with_an_empty_input_and_any_worker_count(tmp_path):
     for workers in (1, 2):
         manifest = build([a, empty, b], tmp_path / f"o{workers}", BuildConfig(tokenizer=CHATML, workers=workers,
                                                                               batch_size=1))
-        assert [(i["records"], i["documents"]) for i in manifest["inputs"]] == [(30, 30), (0, 0), (3, 3)]
+        assert [(i.records, i.documents) for i in manifest.inputs] == [(30, 30), (0, 0), (3, 3)]
 
 
 def test_bad_utf8_line_and_byte_order_mark(tmp_path):
@@ -129,8 +129,8 @@ def test_bad_utf8_line_and_byte_order_mark(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_bytes(b"\xef\xbb\xbf" + line.encode() + b"\n" + b'{"messages": "\xff"}\n' + line.encode() + b"\n")
     manifest = build([src], tmp_path / "o", BuildConfig(tokenizer=CHATML))
-    assert manifest["counts"]["documents"] == 2
+    assert manifest.counts.documents == 2
     assert [r["reason"] for r in read_rejects(tmp_path / "o")] == ["malformed_record"]
     as_json = tmp_path / "in.json"
     as_json.write_bytes(b"\xef\xbb\xbf[" + line.encode() + b"]")
-    assert build([as_json], tmp_path / "o2", BuildConfig(tokenizer=CHATML))["counts"]["documents"] == 1
+    assert build([as_json], tmp_path / "o2", BuildConfig(tokenizer=CHATML)).counts.documents == 1

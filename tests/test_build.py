@@ -48,26 +48,26 @@ def full_build(tmp_path_factory):
 
 def test_every_record_is_written_or_rejected_with_a_reason(full_build):
     out, manifest = full_build
-    counts = manifest["counts"]
+    counts = manifest.counts
     expected_records = sum(_records(p) for p in ALL_INPUTS)
-    assert counts["records"] == expected_records
+    assert counts.records == expected_records
     rows = _docs(out)
     rejects = read_rejects(out)
     written = [int(s) for r in rows for s in r.source_ids]
     rejected = [r["source_id"] for r in rejects]
     assert sorted(written + rejected) == list(range(expected_records)), "a record is lost or duplicated"
-    assert counts["documents"] == len(written) and counts["rejected"] == len(rejected)
-    assert sum(counts["rejected_by_reason"].values()) == counts["rejected"]
-    assert [i["records"] for i in manifest["inputs"]] == [_records(p) for p in ALL_INPUTS]
-    assert all(i["records"] == i["documents"] + i["rejected"] for i in manifest["inputs"])
-    assert counts["tokens"] == sum(len(r.input_ids) for r in rows)
-    assert counts["trained_tokens"] == sum(int(r.loss_mask.sum()) for r in rows)
+    assert counts.documents == len(written) and counts.rejected == len(rejected)
+    assert sum(counts.rejected_by_reason.values()) == counts.rejected
+    assert [i.records for i in manifest.inputs] == [_records(p) for p in ALL_INPUTS]
+    assert all(i.records == i.records_written + i.rejected for i in manifest.inputs)
+    assert counts.tokens == sum(len(r.input_ids) for r in rows)
+    assert counts.trained_tokens == sum(int(r.loss_mask.sum()) for r in rows)
 
 
 def test_malformed_records_get_their_own_reasons(full_build):
     out, manifest = full_build
     first = next(i for i in range(len(ALL_INPUTS)) if ALL_INPUTS[i].name == "malformed.jsonl")
-    offset = sum(i["records"] for i in manifest["inputs"][:first])
+    offset = sum(i.records for i in manifest.inputs[:first])
     lines = (DATA / "malformed.jsonl").read_text().splitlines()
     by_line = {r["source_id"] - offset: r for r in read_rejects(out) if r["source_id"] >= offset}
     ids = {}
@@ -93,20 +93,20 @@ def test_shards_have_the_documented_layout_and_open_everywhere(full_build):
     out, manifest = full_build
     import datasets
 
-    for shard in manifest["shards"]:
-        path = out / shard["name"]
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]
+    for shard in manifest.shards:
+        path = out / shard.name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == shard.sha256
         table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
         assert table.schema.field("input_ids").type == pa.list_(pa.int32())
         assert table.schema.field("loss_mask").type == pa.list_(pa.uint8())
         assert table.schema.field("seq_lens").type == pa.list_(pa.int32())
         assert table.schema.field("source_ids").type == pa.list_(pa.int64())
-        assert table.num_rows == shard["rows"]
+        assert table.num_rows == shard.rows
         ds = datasets.Dataset.from_file(str(path))
-        assert ds.num_rows == shard["rows"]
+        assert ds.num_rows == shard.rows
         assert ds[0]["seq_lens"] == [len(ds[0]["input_ids"])]
     assert not list(out.glob("*.tmp"))
-    assert manifest["tokenizer"]["fingerprint"] and manifest["template"]["fingerprint"]
+    assert manifest.tokenizer.fingerprint and manifest.template.fingerprint
     assert json.loads((out / "manifest.json").read_text())["config"]["tokenizer"] == CHATML
 
 
@@ -129,9 +129,9 @@ def test_same_inputs_give_byte_identical_shards_with_any_worker_count(tmp_path, 
     # 36 records in batches of 1: enough tasks for a pool, and this process takes some of them too
     two = build(inputs, tmp_path / "two", BuildConfig(tokenizer=LLAMA3, workers=2, batch_size=1))
     assert pools == [start_method]
-    assert [s["sha256"] for s in one["shards"]] == [s["sha256"] for s in two["shards"]]
+    assert [s.sha256 for s in one.shards] == [s.sha256 for s in two.shards]
     assert (tmp_path / "one" / "rejects.jsonl").read_bytes() == (tmp_path / "two" / "rejects.jsonl").read_bytes()
-    assert one["counts"] == two["counts"]
+    assert one.counts == two.counts
 
 
 def test_once_the_input_is_read_this_process_takes_back_batches_the_pool_has_not_started():
@@ -167,7 +167,7 @@ def test_special_text_policies(tmp_path):
     im_end = AutoTokenizer.from_pretrained(CHATML).convert_tokens_to_ids("<|im_end|>")
 
     rejected = build([src], tmp_path / "reject", BuildConfig(tokenizer=CHATML))
-    assert rejected["counts"]["rejected_by_reason"] == {"special_token_in_content": 1}
+    assert rejected.counts.rejected_by_reason == {"special_token_in_content": 1}
 
     literal = build([src], tmp_path / "literal", BuildConfig(tokenizer=CHATML, special_text=SpecialText.LITERAL))
     allowed = build([src], tmp_path / "allow", BuildConfig(tokenizer=CHATML, special_text=SpecialText.ALLOW))
@@ -176,7 +176,7 @@ def test_special_text_policies(tmp_path):
     # the template closes two turns with <|im_end|>; the user's text adds a third only when allowed
     assert (lit.input_ids == im_end).sum() == 2
     assert (alw.input_ids == im_end).sum() == 3
-    assert literal["counts"]["documents"] == allowed["counts"]["documents"] == 1
+    assert literal.counts.documents == allowed.counts.documents == 1
     assert lit.loss_mask.sum() == alw.loss_mask.sum()  # "No." + <|im_end|> trained either way
 
 
@@ -193,16 +193,16 @@ def test_overlong_policies(tmp_path, policy):
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps(_long_record(6)) + "\n")
     full = build([src], tmp_path / "full", BuildConfig(tokenizer=LLAMA3, max_length=None))
-    n = full["counts"]["tokens"]
+    n = full.counts.tokens
     limit = n // 2
     manifest = build([src], tmp_path / "cut", BuildConfig(tokenizer=LLAMA3, max_length=limit, overlong=policy))
     if policy is Overlong.REJECT:
-        assert manifest["counts"]["rejected_by_reason"] == {"too_long": 1}
+        assert manifest.counts.rejected_by_reason == {"too_long": 1}
         return
     (doc,) = _docs(tmp_path / "cut")
     (whole,) = _docs(tmp_path / "full")
     k = len(doc.input_ids)
-    assert manifest["counts"]["truncated"] == 1
+    assert manifest.counts.truncated == 1
     assert doc.input_ids.tolist() == whole.input_ids[:k].tolist()
     assert doc.loss_mask.tolist() == whole.loss_mask[:k].tolist()
     if policy is Overlong.TRUNCATE:
@@ -217,7 +217,7 @@ def test_cut_turns_rejects_when_no_whole_turn_fits(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps(_long_record(1)) + "\n")
     manifest = build([src], tmp_path / "out", BuildConfig(tokenizer=LLAMA3, max_length=20))
-    assert manifest["counts"]["rejected_by_reason"] == {"too_long": 1}
+    assert manifest.counts.rejected_by_reason == {"too_long": 1}
     assert "first trained turn ends at token" in read_rejects(tmp_path / "out")[0]["detail"]
 
 
@@ -226,8 +226,8 @@ def test_datasets_folder_input(tmp_path):
     rows = [json.loads(line) for line in (DATA / "traps.jsonl").read_text().splitlines()]
     datasets.Dataset.from_list([{"messages": r["messages"]} for r in rows[:5]]).save_to_disk(str(tmp_path / "ds"))
     manifest = build([tmp_path / "ds"], tmp_path / "out", BuildConfig(tokenizer=CHATML))
-    assert manifest["counts"]["records"] == 5
-    assert manifest["inputs"][0]["format"] == "messages"
+    assert manifest.counts.records == 5
+    assert manifest.inputs[0].format == "messages"
 
 
 def test_cli_refuses_to_overwrite_and_explains_tokenizer_problems(tmp_path, capsys):
@@ -258,7 +258,7 @@ def test_a_rebuild_clears_what_a_killed_build_left(tmp_path):
     (out / "shard-00007.arrow.tmp").write_bytes(b"partial")
     manifest = build([DATA / "alpaca.json"], out, BuildConfig(tokenizer=CHATML, pack=True, max_length=256))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["manifest.json", "rejects.jsonl"] + [s["name"] for s in manifest["shards"]])
+        ["manifest.json", "rejects.jsonl"] + [s.name for s in manifest.shards])
 
 
 def test_a_failed_build_leaves_no_manifest(tmp_path, monkeypatch):

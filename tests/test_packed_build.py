@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from sftdata.build import BuildError, build
-from sftdata.config import BuildConfig, Overlong
+from sftdata.build import build
+from sftdata.config import BuildConfig, ConfigError, Overlong
 from sftdata.shards import iter_rows, open_build, read_rejects
 
 from .conftest import FIXTURES, SHARED, fixture_tokenizer, requires_shared, shared_tokenizer
@@ -38,17 +38,17 @@ def assert_packed_equals_unpacked(tmp_path, tokenizer, inputs, max_length, chat_
     plain = build(inputs, tmp_path / "plain", BuildConfig(**config))
     packed = build(inputs, tmp_path / "packed", BuildConfig(**config, pack=True, seed=3))
     assert documents(tmp_path / "packed") == documents(tmp_path / "plain")
-    assert packed["counts"]["documents"] == plain["counts"]["documents"]
+    assert packed.counts.documents == plain.counts.documents
     assert read_rejects(tmp_path / "packed") == read_rejects(tmp_path / "plain")
     _, tables = open_build(tmp_path / "packed")
     rows = [r for t in tables for r in iter_rows(t)]
     assert all(len(r.input_ids) <= max_length for r in rows)
     assert all(r.loss_mask[np.cumsum(np.r_[0, r.seq_lens[:-1]])].sum() == 0 for r in rows), \
         "a document's first token is a target inside a packed row"
-    p = packed["packing"]
-    assert p["rows"] == len(rows) == packed["counts"]["rows"]
-    assert p["tokens"] == plain["counts"]["tokens"]
-    assert p["rows"] >= p["lower_bound_rows"]
+    p = packed.packing
+    assert p.rows == len(rows) == packed.counts.rows
+    assert p.tokens == plain.counts.tokens
+    assert p.rows >= p.lower_bound_rows
     return packed
 
 
@@ -65,13 +65,12 @@ def test_shared_tokenizers_packed_equals_unpacked(tmp_path, tokenizer, template)
               SHARED / "datasets" / "identity.json"]
     packed = assert_packed_equals_unpacked(tmp_path, shared_tokenizer(tokenizer), inputs, 2048,
                                            str(template) if template else None)
-    assert packed["packing"]["fill_vs_lower_bound"] >= 0.995
+    assert packed.packing.lower_bound_rows / packed.packing.rows >= 0.995
 
 
-def test_pack_needs_a_length(tmp_path):
-    with pytest.raises(BuildError, match="--max-length"):
-        build([DATA / "alpaca.json"], tmp_path / "o", BuildConfig(tokenizer=fixture_tokenizer("llama3-bpe"),
-                                                                  pack=True, max_length=None))
+def test_pack_needs_a_length():
+    with pytest.raises(ConfigError, match="pack needs max_length"):
+        BuildConfig(tokenizer=fixture_tokenizer("llama3-bpe"), pack=True, max_length=None)
 
 
 def test_split_turns_keeps_every_trained_turn_in_pieces(tmp_path):
@@ -83,19 +82,19 @@ def test_split_turns_keeps_every_trained_turn_in_pieces(tmp_path):
     src.write_text(json.dumps({"messages": messages}) + "\n")
     tok = fixture_tokenizer("llama3-bpe")
     whole = build([src], tmp_path / "whole", BuildConfig(tokenizer=tok, max_length=None))
-    limit = whole["counts"]["tokens"] // 3
+    limit = whole.counts.tokens // 3
     split = build([src], tmp_path / "split", BuildConfig(tokenizer=tok, max_length=limit,
                                                          overlong=Overlong.SPLIT_TURNS))
     packed = build([src], tmp_path / "packed", BuildConfig(tokenizer=tok, max_length=limit,
                                                            overlong=Overlong.SPLIT_TURNS, pack=True))
     (full,) = documents(tmp_path / "whole")[0]
     pieces = documents(tmp_path / "split")[0]  # unpacked: in order
-    assert split["counts"]["records_written"] == 1 and split["counts"]["documents"] == len(pieces) >= 3
-    assert split["counts"]["split_pieces"] == len(pieces) - 1
+    assert split.counts.records_written == 1 and split.counts.documents == len(pieces) >= 3
+    assert split.counts.split_pieces == len(pieces) - 1
     assert all(len(ids) <= limit for ids, _ in pieces)
     # the pieces are the whole document cut at turn boundaries: nothing lost, nothing trained differently
     assert sum((ids for ids, _ in pieces), []) == full[0]
     assert sum((mask for _, mask in pieces), []) == full[1]
     assert all(mask[0] == 0 for _, mask in pieces)
     assert sorted(documents(tmp_path / "packed")[0]) == sorted(pieces)
-    assert packed["counts"]["documents"] == split["counts"]["documents"]
+    assert packed.counts.documents == split.counts.documents

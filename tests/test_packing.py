@@ -82,7 +82,7 @@ def test_never_more_rows_than_first_or_best_fit_decreasing_nor_fewer_than_the_bo
     assert len(bins) <= len(bfd)
     assert len(bins) >= l2_lower_bound_rows(lengths, capacity) >= lower_bound_rows(lengths, capacity)
     ours, theirs = fill_stats(lengths, bins, capacity), fill_stats(lengths, ffd, capacity)
-    assert ours["fill"] >= theirs["fill"]
+    assert ours.fill >= theirs.fill
 
 
 @SETTINGS
@@ -173,7 +173,7 @@ def test_documents_of_full_capacity_get_a_row_each():
 def test_no_documents_no_rows():
     assert pack(np.zeros(0, dtype=np.int64), 4096) == []
     assert first_fit_decreasing([], 16) == [] and best_fit_decreasing([], 16) == []
-    assert fill_stats([], [], 16)["rows"] == 0
+    assert fill_stats([], [], 16).rows == 0
 
 
 def test_too_long_document_is_named_with_its_length():
@@ -208,12 +208,19 @@ def test_fill_stats():
     lengths = np.array([6, 4, 5, 3])  # 18 tokens
     bins = [np.array([0, 1]), np.array([2, 3])]
     stats = fill_stats(lengths, bins, 10)
-    assert stats["tokens"] == 18 and stats["rows"] == 2 and stats["documents"] == 4
-    assert stats["fill"] == pytest.approx(0.9)
-    assert stats["lower_bound_rows"] == 2 and stats["fill_vs_lower_bound"] == pytest.approx(1.0)
-    assert stats["max_row_tokens"] == 10
+    assert stats.tokens == 18 and stats.rows == 2 and stats.documents == 4
+    assert stats.fill == pytest.approx(0.9)
+    assert stats.lower_bound_rows == 2 and stats.optimal
+    assert stats.max_row_tokens == 10
     worse = fill_stats(lengths, [np.array([0]), np.array([1, 3]), np.array([2])], 10)
-    assert worse["fill"] == pytest.approx(0.6) and worse["fill_vs_lower_bound"] == pytest.approx(2 / 3)
+    assert worse.fill == pytest.approx(0.6) and worse.rows == 3 and not worse.optimal
+
+
+def test_the_bound_reported_is_the_tightest_known():
+    # three documents longer than half a row: L1 says 2 rows, L2 proves 3; three rows are optimal
+    stats = fill_stats([7, 7, 7], [np.array([0]), np.array([1]), np.array([2])], 12)
+    assert (stats.l1_lower_bound_rows, stats.l2_lower_bound_rows, stats.lower_bound_rows) == (2, 3, 3)
+    assert stats.optimal
 
 
 def test_l2_bound_sees_what_the_token_count_does_not():
@@ -229,9 +236,8 @@ def test_large_realistic_input_reaches_the_l2_bound_quickly():
         bins = pack(lengths, capacity, seed=1)
         check_valid(bins, lengths, capacity)
         stats = fill_stats(lengths, bins, capacity)
-        assert stats["fill_vs_lower_bound"] >= 0.995
         assert len(bins) <= len(best_fit_decreasing(lengths, capacity))
-        assert len(bins) == stats["l2_lower_bound_rows"]  # optimal on this data, not merely close
+        assert len(bins) == stats.lower_bound_rows  # optimal on this data, not merely close
 
 
 def test_rows_are_shuffled_so_long_and_short_documents_mix():

@@ -100,12 +100,12 @@ def test_stats_agree_with_the_manifest_and_the_data(builds):
     for name in ("plain", "packed"):
         data = BuildData(builds[name])
         s = build_stats(data)
-        c = data.manifest["counts"]
+        c = data.manifest.counts
         assert s["checks"] == []
         assert (s["documents"], s["tokens"], s["trained_tokens"], s["rows"]) == (
-            c["documents"], c["tokens"], c["trained_tokens"], c["rows"])
+            c.documents, c.tokens, c.trained_tokens, c.rows)
         assert s["rejected"] == 2 and s["rejected_by_reason"] == {"no_trainable_tokens": 2}
-        assert s["trained_ratio"] == round(c["trained_tokens"] / c["tokens"], 4)
+        assert s["trained_ratio"] == round(c.trained_tokens / c.tokens, 4)
         lengths = data.docs.length
         assert s["length"]["max"] == lengths.max() and s["length"]["min"] == lengths.min()
         assert s["length"]["p50"] in lengths.tolist()
@@ -116,9 +116,7 @@ def test_stats_agree_with_the_manifest_and_the_data(builds):
     assert packed["packed"] is True
     expected_fill = packed["tokens"] / (packed["rows"] * 200)
     assert packed["fill"] == pytest.approx(expected_fill, abs=1e-4)
-    manifest_fill = BuildData(builds["packed"]).manifest.get("packing", {}) or {}
-    if "fill" in manifest_fill:
-        assert packed["fill"] == pytest.approx(manifest_fill["fill"], abs=1e-4)
+    assert packed["fill"] == pytest.approx(BuildData(builds["packed"]).manifest.packing.fill, abs=1e-4)
 
 
 def test_stats_cli_json_and_table(builds, capsys):

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sftdata.shards import FORMAT_VERSION, MANIFEST, Row, ShardWriter, write_json_atomic
+from sftdata.config import BuildConfig
+from sftdata.manifest import Manifest, TokenizerInfo
+from sftdata.shards import Row, ShardWriter
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
@@ -88,13 +90,7 @@ def write_build(out: Path, rows: list[Row], fingerprint: str, pack: bool, max_le
     writer = ShardWriter(out, shard_tokens=shard_tokens, batch_rows=batch_rows)
     writer.write_all(rows)
     shards = writer.close()
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "tokenizer": {"name": "test", "fingerprint": fingerprint},
-        "counts": {"rows": len(rows), "tokens": int(sum(len(r.input_ids) for r in rows)),
-                   "target_tokens": int(sum(int(r.loss_mask.sum()) for r in rows))},
-        "config": {"max_length": max_length, "pack": pack},
-        "shards": [s.to_json() for s in shards],
-    }
-    write_json_atomic(out / MANIFEST, manifest)
+    tokenizer = TokenizerInfo(name="test", fingerprint=fingerprint, vocab_size=0, prefix_ids=[], special_tokens={})
+    config = BuildConfig(tokenizer="test", max_length=max_length, pack=pack)
+    Manifest.for_shards(shards, tokenizer, config, int(sum(int(r.loss_mask.sum()) for r in rows))).write(out)
     return out

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 from sfttrain_helpers import random_docs, write_build
 
+from sftdata.manifest import ManifestError
 from sftdata.shards import iter_rows, open_build
 from sfttrain.loader import RowStore, ShardLoader, plan_epoch, rank_batch_ids
 
@@ -23,7 +24,7 @@ def _epoch_rows(loader) -> list[np.ndarray]:
 
 def test_rows_read_back_exactly_across_shards(unpacked_build):
     manifest, tables = open_build(unpacked_build)
-    assert len(manifest["shards"]) > 1
+    assert len(manifest.shards) > 1
     expected = [row for table in tables for row in iter_rows(table)]
     store = RowStore(unpacked_build)
     assert len(store) == len(expected)
@@ -118,5 +119,5 @@ def test_a_different_tokenizer_is_refused(tmp_path, vocab, model_dir):
 
 
 def test_an_unfinished_build_is_refused(tmp_path, fingerprint, model_dir):
-    with pytest.raises(FileNotFoundError, match="manifest"):
+    with pytest.raises(ManifestError, match="manifest"):
         _loader(tmp_path, fingerprint, model_dir)

@@ -1,0 +1,227 @@
+"""The manifest: what a finished build is, typed. Written once, by the build, as its last file (a folder
+with a manifest is a finished build); read by everything that uses a build (the inspect commands,
+sfttrain's loader) through `Manifest.read`, which checks the format version and every key.
+
+`records == records_written + rejected` holds per input and in total; `documents >= records_written`
+(a record split with `--overlong split-turns` writes several documents).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .config import BuildConfig
+
+FORMAT_VERSION = 2
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+
+
+class ManifestError(ValueError):
+    """A build's manifest is missing, from another format version, or unreadable: the message says why."""
+
+
+@dataclass
+class TokenizerInfo:
+    name: str
+    fingerprint: str  # SHA-256 of the tokenizer's canonical JSON: equal exactly when tokenization is equal
+    vocab_size: int
+    prefix_ids: list[int]  # what the tokenizer itself prepends (its BOS rule)
+    special_tokens: dict[str, str]
+
+
+@dataclass
+class TemplateInfo:
+    source: str  # "tokenizer", or the path of the --chat-template file
+    fingerprint: str
+    header: str  # the probed text before an assistant turn
+    end_of_turn: str | None  # the probed control token closing one
+    renders: int  # per conversation: 1 where the template provably passes message text through, else 2
+    why_two_renders: str | None = None
+
+
+@dataclass
+class InputInfo:
+    path: str
+    format: str | None  # detected (or forced) input format; None for an input without records
+    records: int
+    records_written: int  # records with at least one document written
+    documents: int  # documents written (several per record with split-turns)
+    rejected: int
+
+
+@dataclass
+class Counts:
+    records: int
+    records_written: int
+    documents: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    tokens: int
+    trained_tokens: int
+    truncated: int  # documents cut to max_length (cut-turns, truncate, split-turns pieces)
+    split_pieces: int  # documents beyond the first of split records
+    rows: int
+    span_methods: dict[str, int]  # how each document's spans were found: sentinel, difference, generation
+    unrendered_fields: dict[str, int]  # documents holding a field of this kind the template does not render
+    comparator_template_not_found: int = 0  # --masker response-template: documents it trains nothing of
+
+
+@dataclass
+class PackingInfo:
+    documents: int
+    tokens: int
+    capacity: int  # --max-length: tokens a row holds at most
+    rows: int
+    fill: float  # tokens / (rows x capacity)
+    lower_bound_rows: int  # the tightest bound known: max of the two below; rows == it means optimal
+    l1_lower_bound_rows: int  # ceil(tokens / capacity)
+    l2_lower_bound_rows: int  # Martello-Toth L2
+    max_row_tokens: int
+
+    @property
+    def optimal(self) -> bool:
+        return self.rows == self.lower_bound_rows
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    rows: int
+    tokens: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    sftdata_version: str
+    tokenizer: TokenizerInfo
+    template: TemplateInfo
+    config: BuildConfig
+    inputs: list[InputInfo]
+    counts: Counts
+    packing: PackingInfo | None
+    shards: list[ShardInfo]
+    format_version: int = FORMAT_VERSION
+    # how long each stage took: for the summary a build prints, never written (a manifest is reproducible)
+    seconds: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_json(self) -> dict:
+        data = _plain(self)
+        del data["seconds"]
+        return {"format_version": data.pop("format_version"), **data}
+
+    def write(self, build_dir: str | os.PathLike) -> None:
+        """Atomically: a reader sees no manifest or the whole one."""
+        write_json_atomic(Path(build_dir) / MANIFEST, self.to_json())
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "manifest") -> Manifest:
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}: not a JSON object")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ManifestError(f"{where}: format version {data.get('format_version')} is not {FORMAT_VERSION}, "
+                                "the version this sftdata reads; rebuild with this version")
+        return _typed(cls, data, where)
+
+    @classmethod
+    def read(cls, build_dir: str | os.PathLike) -> Manifest:
+        path = Path(build_dir) / MANIFEST
+        if not path.exists():
+            raise ManifestError(f"{build_dir} has no {MANIFEST}: it is not a finished sftdata build (run "
+                                "`sftdata build` first, or let a running build finish)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ManifestError(f"{path} is not valid JSON ({err}): the build was damaged; rebuild it") from None
+        return cls.from_json(data, str(path))
+
+    @classmethod
+    def for_shards(cls, shards: list[ShardInfo], tokenizer: TokenizerInfo, config: BuildConfig,
+                   trained_tokens: int = 0) -> Manifest:
+        """A manifest for shards written with `ShardWriter` by other means than a build (tests,
+        benchmarks, a conversion from another tool): counts from the shards, no inputs, no template."""
+        rows, tokens = sum(s.rows for s in shards), sum(s.tokens for s in shards)
+        counts = Counts(records=rows, records_written=rows, documents=rows, rejected=0, rejected_by_reason={},
+                        tokens=tokens, trained_tokens=trained_tokens, truncated=0, split_pieces=0, rows=rows,
+                        span_methods={}, unrendered_fields={})
+        template = TemplateInfo(source="none", fingerprint="", header="", end_of_turn=None, renders=0)
+        return cls(sftdata_version="external", tokenizer=tokenizer, template=template, config=config, inputs=[],
+                   counts=counts, packing=None, shards=shards)
+
+    def input_of(self, source_id: int) -> int:
+        """Which input a record came from: inputs are numbered in order, each taking `records` source ids."""
+        for index, info in enumerate(self.inputs):
+            source_id -= info.records
+            if source_id < 0:
+                return index
+        raise IndexError(f"source id beyond the {sum(i.records for i in self.inputs)} records of this build")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    """`value` (parsed JSON) as `hint`, checked: every dataclass key present and known, every leaf of its type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed(inner, value, where)
+    if is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ManifestError(f"{where}: expected an object, found {type(value).__name__}")
+        hints = typing.get_type_hints(hint)
+        known = {f.name for f in fields(hint) if f.init and f.name != "seconds"}
+        unknown = set(value) - known
+        if unknown:
+            raise ManifestError(f"{where}: unknown key(s) {sorted(unknown)}")
+        required = {f.name for f in fields(hint) if f.name in known and f.default is f.default_factory is MISSING}
+        missing = required - set(value)
+        if missing:
+            raise ManifestError(f"{where}: missing key(s) {sorted(missing)}")
+        try:
+            return hint(**{k: _typed(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+        except (TypeError, ValueError) as err:
+            raise ManifestError(f"{where}: {err}") from None
+    if origin is list:
+        if not isinstance(value, list):
+            raise ManifestError(f"{where}: expected a list, found {type(value).__name__}")
+        return [_typed(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ManifestError(f"{where}: expected an object, found {type(value).__name__}")
+        return {k: _typed(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise ManifestError(f"{where}: {value!r} is not one of {[e.value for e in hint]}") from None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is Any or (isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        return value
+    raise ManifestError(f"{where}: {value!r} is not of type {getattr(hint, '__name__', hint)}")
+
