@@ -74,4 +74,6 @@ def test_no_assistant_is_no_trainable_tokens_and_unknown_format_is_explained():
     assert info.value.reason is Reason.NO_TRAINABLE_TOKENS
     with pytest.raises(RecordError, match="cannot tell the format"):
         detect_format({"text": "raw"})
-    assert convert({"messages": [{"role": "user", "content": "x", "train": True}]}, InputFormat.MESSAGES)
+    # a user message marked for training is a target, so the record is not "nothing to train"
+    (only,) = convert({"messages": [{"role": "user", "content": "x", "train": True}]}, InputFormat.MESSAGES).messages
+    assert (only.role, only.content, only.train) == ("user", "x", True)

@@ -6,11 +6,13 @@ broken one way at a time, as a span-finding bug would break it, and `verify` mus
 
 import pytest
 
+from sftdata import encoding
 from sftdata.config import BuildConfig, InputFormat
 from sftdata.encoding import tokenize
 from sftdata.masking import compute_mask, make_document, verify
 from sftdata.records import RawRecord
 from sftdata.rejects import Reason, RecordError
+from sftdata.template import ChatTemplate
 from sftdata.worker import Worker
 
 from .conftest import fixture_tokenizer
@@ -95,3 +97,34 @@ def test_a_document_with_nothing_to_train_is_rejected_with_its_reason():
     with pytest.raises(RecordError, match="no token is a target") as err:
         make_document(rendered, tokens, worker.tokenizer, True)
     assert err.value.reason is Reason.NO_TRAINABLE_TOKENS
+
+
+def test_a_trained_token_after_the_end_of_turn_token_is_caught(case):
+    _, rendered, tokens, real = case
+    mask = bytearray(real)
+    after = tokens.span(rendered.spans[2].eot)[1]  # the token right after the first reply's end-of-turn
+    assert not mask[after]
+    mask[after] = 1
+    _fails(case, mask, f"message 2: token {after} after the end-of-turn token is a target")
+
+
+def test_a_bos_added_before_the_templates_own_is_caught(monkeypatch):
+    # Llama-2's tokenizer prepends <s>, and this template writes {{ bos_token }} itself: encoding.py must
+    # not add a second one. Were it to (the regression this check guards), verify rejects the document.
+    template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                "{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}{% endfor %}")
+    worker = Worker(BuildConfig(tokenizer=fixture_tokenizer("llama2-spm")))
+    assert worker.tokenizer.prefix_ids == (1,), "this tokenizer prepends its BOS"
+    worker.template = ChatTemplate(template, worker.tokenizer.special_tokens_map)
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    rendered = worker.render(RawRecord(0, 0, InputFormat.MESSAGES, chat))
+    (tokens,) = tokenize([rendered], worker.tokenizer)
+    assert tokens.ids[:2].tolist() == [1, 715]  # one BOS: the template's
+    verify(rendered, tokens, compute_mask(rendered, tokens)[0], worker.tokenizer, True)
+
+    monkeypatch.setattr(encoding, "_prefix_to_add", lambda ids, prefix: prefix)
+    (doubled,) = tokenize([rendered], worker.tokenizer)
+    assert doubled.ids[:2].tolist() == [1, 1]
+    with pytest.raises(RecordError, match="starts with the BOS token twice") as err:
+        verify(rendered, doubled, compute_mask(rendered, doubled)[0], worker.tokenizer, True)
+    assert err.value.reason is Reason.MASK_VERIFICATION_FAILED

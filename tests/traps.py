@@ -49,3 +49,11 @@ TOOL_CALL = {
         "name": "get_weather", "description": "Weather for a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
 }
+
+# texts whose tokens' offsets are checked: accents, CJK, emoji sequences, RTL, control-token text, nothing
+SPELLING_TEXTS = [
+    "plain ASCII, with  two spaces\tand a tab\n\nand newlines",
+    "caf\u00e9 na\u00efve \u65e5\u672c\u8a9e\u306e\u6587 \U0001f642\U0001f3f3\ufe0f\u200d\U0001f308 \u0645\u0631\u062d\u0628\u0627",
+    "<|im_start|>user\nqu\u00e9?<|im_end|>\n<|im_start|>assistant\n\U0001f600 s\u00ed<|im_end|>\n",
+    "",
+]

@@ -9,9 +9,11 @@ import pytest
 from sftdata.config import BuildConfig, InputFormat
 from sftdata.encoding import EncodedTokens, OffsetTokens, _literal, spelled_offsets, tokenize
 from sftdata.records import RawRecord
+from sftdata.rejects import RecordError
 from sftdata.worker import Worker
 
 from .conftest import FIXTURES, fixture_tokenizer
+from .traps import SPELLING_TEXTS
 
 TRAPS = [json.loads(line) for line in (FIXTURES / "data" / "traps.jsonl").read_text().splitlines()]
 
@@ -20,11 +22,13 @@ TRAPS = [json.loads(line) for line in (FIXTURES / "data" / "traps.jsonl").read_t
 def test_encoded_lookups_match_offsets_and_piecewise_encoding_matches_whole(tokenizer):
     worker = Worker(BuildConfig(tokenizer=fixture_tokenizer(tokenizer)))
     rng = random.Random(0)
+    checked = 0
     for record in TRAPS:
         try:
             rendered = worker.render(RawRecord(0, 0, InputFormat.MESSAGES, record))
-        except Exception:
-            continue  # a template that refuses this shape (tested elsewhere)
+        except RecordError:
+            continue  # a record this template rejects (special text, a shape it raises on): tested elsewhere
+        checked += 1
         (encoded,) = tokenize([rendered], worker.tokenizer)
         explicit = _literal(rendered.text, (), worker.tokenizer)
         assert encoded.ids.tolist() == explicit.ids.tolist()
@@ -34,14 +38,7 @@ def test_encoded_lookups_match_offsets_and_piecewise_encoding_matches_whole(toke
             b = rng.randrange(a + 1, n + 1)
             assert encoded.span((a, b)) == explicit.span((a, b)), (record.get("id"), a, b)
             assert encoded.inside((a, b)) == explicit.inside((a, b)), (record.get("id"), a, b)
-
-
-SPELLING_TEXTS = [
-    "plain ASCII, with  two spaces\tand a tab\n\nand newlines",
-    "caf\u00e9 na\u00efve \u65e5\u672c\u8a9e\u306e\u6587 \U0001f642\U0001f3f3\ufe0f\u200d\U0001f308 \u0645\u0631\u062d\u0628\u0627",
-    "<|im_start|>user\nqu\u00e9?<|im_end|>\n<|im_start|>assistant\n\U0001f600 s\u00ed<|im_end|>\n",
-    "",
-]
+    assert checked >= len(TRAPS) // 2, f"only {checked} of {len(TRAPS)} records rendered: the check saw little"
 
 
 @pytest.mark.parametrize("tokenizer", ["llama3-bpe", "chatml-bpe", "gemma-spm"])

@@ -14,7 +14,7 @@ from sftdata.tiktoken_bpe import _probe_disagreements, ranked_pattern
 from sftdata.tokenizer import _ranked_encoder, load_tokenizer
 
 from .conftest import fixture_tokenizer, requires_shared, shared_tokenizer
-from .test_tokens import SPELLING_TEXTS
+from .traps import SPELLING_TEXTS
 
 # what BPE engines are known to split differently: runs and periodic strings, contractions in any case,
 # the long s and Kelvin sign that fold to ASCII letters, digits in groups, whitespace of every kind
