@@ -1,10 +1,25 @@
 """sftdata: exact per-token loss masks for supervised fine-tuning data.
 
-Data flows one way:
-    sources (files -> raw records) -> formats (record -> Conversation)
-    -> spans (Conversation -> Rendered: text + character regions per message)
-    -> masking (Rendered + token offsets -> Document: ids, loss mask, verified)
-    -> truncation -> packing -> shards (Arrow files + manifest)
+A build's stages, one module each, in the order a record flows through them (the types passed between
+them are in records.py):
+
+    sources      files -> RawRecord
+    formats      RawRecord -> Conversation (messages, ShareGPT, Alpaca, prompt/completion)
+    template     the model's Jinja chat template, sandboxed (passthrough: proof a template copies text)
+    probe        the header and end-of-turn token of an assistant turn, probed once per template
+    spans        Conversation -> Rendered: the text and where each message landed, which characters train
+    tokenizer    loading and caching the tokenizer (token_bytes, tiktoken_bpe: what tokens spell, and a
+                 faster engine where it gives the same ids)
+    encoding     Rendered -> tokens with their character offsets
+    masking      tokens -> Document: the loss mask, verified against the masking contract
+    truncation   over-long documents, by policy
+    packing      documents -> rows (lengths only)
+    shards       rows -> Arrow files
+
+worker.py is what one batch goes through (sources aside); executors/ is where batches run (local: this
+process and a process pool); build.py wires it together and writes the manifest (manifest.py, the typed
+record of a finished build) from the validated settings (config.py). inspect/ holds the commands that
+read a finished build (view, diff, stats, report).
 """
 
 __version__ = "0.1.0"
