@@ -22,11 +22,13 @@ import numpy as np
 from . import __version__
 from .config import BuildConfig
 from .executors.local import default_workers, run_batches
-from .manifest import MANIFEST, REJECTS, Counts, InputInfo, Manifest, PackingInfo, ShardInfo, TemplateInfo
+from .manifest import (EVAL_DIR, MANIFEST, REJECTS, Counts, InputInfo, Manifest, PackingInfo, ShardInfo, SplitInfo,
+                       TemplateInfo)
 from .packing import fill_stats, pack_arrays
 from .records import RawRecord
 from .shards import MappedShard, Row, ShardWriter, shard_columns
 from .sources import read_inputs
+from .split import EvalSplit
 from .timing import StageSeconds
 from .worker import BatchResult, Worker
 
@@ -56,7 +58,7 @@ def _chunks(records: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    old = [p for p in out_dir.iterdir() if p.name in (MANIFEST, REJECTS) or p.suffix == ".arrow"
+    old = [p for p in out_dir.iterdir() if p.name in (MANIFEST, REJECTS, EVAL_DIR) or p.suffix == ".arrow"
            or p.name.endswith(".tmp")]
     if (out_dir / MANIFEST).exists() and not overwrite:
         raise BuildError(f"{out_dir} already holds a build (manifest.json); pass --overwrite to replace it")
@@ -100,7 +102,7 @@ class _Tally:
         # inputs are read in order: a record belongs to the last input started at or before its id
         return self._started_inputs[bisect.bisect_right(self._starts, source_id) - 1]
 
-    def add(self, result: BatchResult, documents: ShardWriter, rejects_file) -> None:
+    def add(self, result: BatchResult, documents: ShardWriter | EvalSplit, rejects_file) -> None:
         """Write one batch's documents and rejects, and count them."""
         progress, written = self.progress, set()
         for doc in result.documents:
@@ -162,26 +164,27 @@ def build(
     workers = config.workers or default_workers()
 
     tally = _Tally(paths)
-    writer = ShardWriter(out_dir, config.shard_tokens)
-    # packing needs every length first: documents wait in an unpacked spill, then are written packed
-    spill_dir = out_dir / ".spill.tmp"
-    if config.pack:
-        spill_dir.mkdir(exist_ok=True)
-    documents = ShardWriter(spill_dir, 1 << 62) if config.pack else writer
+    train = _SplitWriter(out_dir, ".spill.tmp", config)
+    held_out = _SplitWriter(out_dir / EVAL_DIR, ".spill.tmp", config) if config.holds_out else None
+    split = EvalSplit(config.eval_fraction, config.eval_records, config.seed, train.documents.write,
+                      held_out.documents.write) if held_out else None
     rejects_tmp = out_dir / (REJECTS + ".tmp")
     with open(rejects_tmp, "w", encoding="utf-8") as rejects_file:
         batches = _chunks(tally.watch(read_inputs(paths, config.format)), config.batch_size)
         for result in run_batches(batches, config, local, workers):
             with tally.seconds.timing("write"):
-                tally.add(result, documents, rejects_file)
+                tally.add(result, split or train.documents, rejects_file)
             if on_progress:
                 on_progress(tally.progress)
-    packing = None
-    if config.pack:
-        with tally.seconds.timing("pack_write"):
-            packing = write_packed(spill_dir, documents.close(), writer, config.max_length, config.seed)
-            shutil.rmtree(spill_dir)
-    shards = writer.close()
+    with tally.seconds.timing("pack_write" if config.pack else "write"):
+        held = split.finish() if split else None
+        shards, packing = train.close()
+        eval_split = None
+        if held_out:
+            eval_shards, eval_packing = held_out.close()
+            eval_split = SplitInfo(records=held.records, documents=held.documents, tokens=held.tokens,
+                                   trained_tokens=held.trained_tokens, rows=sum(s.rows for s in eval_shards),
+                                   shards=eval_shards, packing=eval_packing)
     os.replace(rejects_tmp, out_dir / REJECTS)
 
     template = local.template
@@ -195,13 +198,36 @@ def build(
             renders=2 if template.passthrough_refusal else 1, why_two_renders=template.passthrough_refusal),
         config=config,
         inputs=tally.inputs(paths),
-        counts=tally.counts(rows=sum(s.rows for s in shards)),
+        counts=tally.counts(rows=sum(s.rows for s in shards) + (eval_split.rows if eval_split else 0)),
         packing=packing,
         shards=shards,
+        eval=eval_split,
         seconds=dict(tally.seconds),
     )
     manifest.write(out_dir)
     return manifest
+
+
+class _SplitWriter:
+    """Where one split's documents go: straight into its shards, or (packing needs every length first)
+    into an unpacked spill that close() packs into the shards."""
+
+    def __init__(self, out_dir: Path, spill_name: str, config: BuildConfig):
+        out_dir.mkdir(exist_ok=True)
+        self.config = config
+        self.writer = ShardWriter(out_dir, config.shard_tokens)
+        self.spill_dir = out_dir / spill_name
+        if config.pack:
+            self.spill_dir.mkdir(exist_ok=True)
+        self.documents = ShardWriter(self.spill_dir, 1 << 62) if config.pack else self.writer
+
+    def close(self) -> tuple[list[ShardInfo], PackingInfo | None]:
+        packing = None
+        if self.config.pack:
+            packing = write_packed(self.spill_dir, self.documents.close(), self.writer, self.config.max_length,
+                                   self.config.seed)
+            shutil.rmtree(self.spill_dir)
+        return self.writer.close(), packing
 
 
 def write_packed(spill_dir: Path, spilled: list[ShardInfo], writer: ShardWriter, capacity: int, seed: int

@@ -90,7 +90,11 @@ class BuildConfig:
     pack: bool = setting(False, "pack whole documents into rows of at most --max-length tokens (first-fit "
                                 "decreasing over the whole dataset, rows shuffled by --seed); each row keeps "
                                 "its documents' lengths")
-    seed: int = setting(0, "shuffles the order of packed rows")
+    seed: int = setting(0, "shuffles the order of packed rows, and chooses the held-out records")
+    eval_fraction: float = setting(0.0, "hold out this share of the records (whole records, chosen from their "
+                                        "source id and --seed) as an eval split in OUT/eval/", metavar="F")
+    eval_records: int = setting(0, "hold out this many records (the same choice as --eval-fraction, by count) "
+                                   "as an eval split in OUT/eval/")
     shard_tokens: int = setting(64 * 1024 * 1024, "a new shard starts past this many tokens")
 
     # how the work runs (the output does not depend on these)
@@ -124,6 +128,12 @@ class BuildConfig:
             problems.append(f"workers must be 0 (one per core) or more, not {self.workers}")
         if self.seed < 0:
             problems.append(f"seed must not be negative, not {self.seed}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            problems.append(f"eval_fraction must be within [0, 1), not {self.eval_fraction}")
+        if self.eval_records < 0:
+            problems.append(f"eval_records must not be negative, not {self.eval_records}")
+        if self.eval_fraction and self.eval_records:
+            problems.append("give eval_fraction or eval_records, not both")
         if self.masker is Masker.RESPONSE_TEMPLATE and not self.response_template:
             problems.append("masker response-template needs response_template (--response-template TEXT)")
         try:
@@ -132,6 +142,11 @@ class BuildConfig:
             problems.append(f"template_date must be a date as YYYY-MM-DD, not {self.template_date!r}")
         if problems:
             raise ConfigError("invalid build settings:\n  " + "\n  ".join(problems))
+
+    @property
+    def holds_out(self) -> bool:
+        """Whether the build writes an eval split."""
+        return bool(self.eval_fraction or self.eval_records)
 
     def to_json(self) -> dict:
         return {f.name: (v.value if isinstance(v := getattr(self, f.name), Enum) else v) for f in fields(self)}

@@ -3,7 +3,8 @@ with a manifest is a finished build); read by everything that uses a build (the 
 sfttrain's loader) through `Manifest.read`, which checks the format version and every key.
 
 `records == records_written + rejected` holds per input and in total; `documents >= records_written`
-(a record split with `--overlong split-turns` writes several documents).
+(a record split with `--overlong split-turns` writes several documents). With an eval split, `counts`
+and `inputs` cover both splits and `eval` says which part of them is held out.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .config import BuildConfig
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
+EVAL_DIR = "eval"  # the held-out split's shards, beside the train split's
 
 
 class ManifestError(ValueError):
@@ -99,6 +101,20 @@ class ShardInfo:
 
 
 @dataclass
+class SplitInfo:
+    """The held-out (eval) split: whole records, never also in the train split. Its shards are in
+    EVAL_DIR/, laid out (and packed, with --pack) like the train split's."""
+
+    records: int
+    documents: int
+    tokens: int
+    trained_tokens: int
+    rows: int
+    shards: list[ShardInfo]
+    packing: PackingInfo | None
+
+
+@dataclass
 class Manifest:
     sftdata_version: str
     tokenizer: TokenizerInfo
@@ -107,7 +123,8 @@ class Manifest:
     inputs: list[InputInfo]
     counts: Counts
     packing: PackingInfo | None
-    shards: list[ShardInfo]
+    shards: list[ShardInfo]  # the train split
+    eval: SplitInfo | None = None  # with --eval-fraction / --eval-records; counts above include it
     format_version: int = FORMAT_VERSION
     # how long each stage took: for the summary a build prints, never written (a manifest is reproducible)
     seconds: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
