@@ -4,7 +4,7 @@
         step-00000100/
             model/           the adapter (peft) or the full model (transformers), plus tokenizer files;
                              the last one is copied to out/model when the run ends
-            trainer.pt       optimizer, LR scheduler, step, world size
+            trainer.pt       optimizer, step, world size, the schedule's length (the LR is a function of the step)
             rank-00000.pt    per rank: loader position (seed, epoch, step) and every RNG state
         latest               name of the newest complete checkpoint
 
@@ -67,7 +67,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loader, model_dir) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, loader, model_dir, total_steps: int) -> Path:
     """Collective: every rank calls it. Returns the checkpoint's directory."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:08d}"
@@ -79,7 +79,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loade
     model_state, optim_state = get_state_dict(model, optimizer, options=GATHER)
     if _rank() == 0:
         export_model(unwrap(model), model_state, tmp / "model", model_dir)
-        trainer = {"optimizer": optim_state, "scheduler": scheduler.state_dict(), "step": step, "world_size": _world()}
+        trainer = {"optimizer": optim_state, "step": step, "total_steps": total_steps, "world_size": _world()}
         torch.save(trainer, tmp / "trainer.pt")
     torch.save({"loader": loader.state_dict(), "rng": rng_state()}, tmp / f"rank-{_rank():05d}.pt")
     _barrier()
@@ -113,8 +113,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return pointer.parent / pointer.read_text().strip()
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, loader) -> int:
-    """Restore optimizer, scheduler, loader and RNG (the weights were loaded with the model). Returns the step."""
+def load_checkpoint(path: Path, model, optimizer, loader) -> tuple[int, int]:
+    """Restore optimizer, loader and RNG (the weights were loaded with the model).
+
+    Returns the step and the number of steps the run that wrote it was to run.
+    """
     trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
     if trainer["world_size"] != _world():
         raise ValueError(
@@ -122,8 +125,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, loader) -> int:
             f"position is kept per rank, so resume with --nproc-per-node/--nnodes giving {trainer['world_size']}"
         )
     set_optimizer_state_dict(model, optimizer, trainer["optimizer"], options=GATHER)
-    scheduler.load_state_dict(trainer["scheduler"])
     own = torch.load(path / f"rank-{_rank():05d}.pt", map_location="cpu", weights_only=False)
     loader.load_state_dict(own["loader"])
     set_rng_state(own["rng"])
-    return trainer["step"]
+    return trainer["step"], trainer["total_steps"]

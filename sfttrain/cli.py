@@ -19,8 +19,9 @@ def _add_setting(parser: argparse.ArgumentParser, f) -> None:
     hint = typing.get_type_hints(TrainConfig)[f.name]
     default = f.default if f.default is not MISSING else f.default_factory()
     flag = "--" + f.name.replace("_", "-")
-    shown = "required" if default == "" else f"default: {default}"
-    kw = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{f.metadata['help']} ({shown})"}
+    shown = "required" if default == "" else f"default: {f.metadata['shown'] or default}"
+    help_text = f"{f.metadata['help']} ({shown})".replace("%", "%%")  # argparse formats help with %
+    kw = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
     if hint is bool:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
     elif typing.get_origin(hint) is list:

@@ -14,6 +14,7 @@ the whole state to resume mid-epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sftdata.manifest import Manifest
+from sftdata.manifest import EVAL_DIR, Manifest
 from sftdata.shards import Row, open_shard, shard_columns
 from sfttrain.attention import position_ids
 from sfttrain.loss import IGNORE_INDEX
@@ -39,12 +40,13 @@ class Batch:
     seq_lens: list[list[int]]  # per row: document lengths, then the padding as one more; sums == length
     num_tokens: int  # real tokens, padding excluded
     num_targets: int  # tokens with a label
+    target_sources: np.ndarray  # [num_targets] source id (input record) of each target, in labels' order
     rows: np.ndarray  # global row indices in the build (empty for a filler batch)
 
     def to(self, device) -> Batch:
         move = {"device": device, "non_blocking": True}
-        return Batch(self.input_ids.to(**move), self.labels.to(**move), self.position_ids.to(**move),
-                     self.seq_lens, self.num_tokens, self.num_targets, self.rows)
+        return dataclasses.replace(self, input_ids=self.input_ids.to(**move), labels=self.labels.to(**move),
+                                   position_ids=self.position_ids.to(**move))
 
 
 def collate(rows: Sequence[Row], flat: bool = False) -> Batch:
@@ -62,6 +64,7 @@ def collate(rows: Sequence[Row], flat: bool = False) -> Batch:
     input_ids = np.full((count, length), PAD_ID, dtype=np.int64)
     labels = np.full((count, length), IGNORE_INDEX, dtype=np.int64)
     positions = np.zeros((count, length), dtype=np.int64)
+    sources = np.full((count, length), -1, dtype=np.int64)
     all_lens = []
     for i, row in enumerate(rows):
         n = len(row.input_ids)
@@ -77,6 +80,7 @@ def collate(rows: Sequence[Row], flat: bool = False) -> Batch:
                           "is not trained (the shards break sftdata's contract)", stacklevel=2)
             labels[i, starts] = IGNORE_INDEX
         positions[i, :n] = position_ids(lens)
+        sources[i, :n] = np.repeat(np.asarray(row.source_ids, dtype=np.int64), lens)
         positions[i, n:] = np.arange(length - n)
         all_lens.append(lens + ([length - n] if n < length else []))
     if not rows:
@@ -88,6 +92,7 @@ def collate(rows: Sequence[Row], flat: bool = False) -> Batch:
         seq_lens=all_lens,
         num_tokens=sum(len(r.input_ids) for r in rows),
         num_targets=int((labels != IGNORE_INDEX).sum()),
+        target_sources=sources[labels != IGNORE_INDEX],
         rows=np.zeros(0, dtype=np.int64),
     )
 
@@ -119,13 +124,18 @@ def rank_batch_ids(num_batches: int, rank: int, world_size: int, grad_accum: int
 
 
 class RowStore:
-    """The rows of a build, read through memory maps: only offsets are touched until a row is asked for."""
+    """The rows of a build's train or eval split, read through memory maps: only offsets are touched until a
+    row is asked for."""
 
-    def __init__(self, build_dir: str | Path):
+    def __init__(self, build_dir: str | Path, split: str = "train"):
         self.manifest = Manifest.read(build_dir)
+        if split == "train":
+            folder, shards = Path(build_dir), self.manifest.shards
+        else:
+            folder, shards = Path(build_dir) / EVAL_DIR, self.manifest.eval.shards if self.manifest.eval else []
         self._batches, starts, lengths = [], [0], []
-        for shard in self.manifest.shards:
-            for columns in shard_columns(open_shard(Path(build_dir) / shard.name)):
+        for shard in shards:
+            for columns in shard_columns(open_shard(folder / shard.name)):
                 self._batches.append(columns)
                 starts.append(starts[-1] + columns.rows)
                 lengths.append(np.diff(columns.offsets[0]))
@@ -152,15 +162,25 @@ def check_tokenizer(manifest: Manifest, build_dir, fingerprints: Sequence[str], 
         )
 
 
+def input_index(manifest: Manifest, source_ids: np.ndarray) -> np.ndarray:
+    """Which of the build's inputs each source id (record) came from: inputs take consecutive ids."""
+    ends = np.cumsum([info.records for info in manifest.inputs])
+    return np.searchsorted(ends, source_ids, side="right")
+
+
 class ShardLoader:
-    """This rank's micro-batches, epoch after epoch, resumable from (epoch, step)."""
+    """This rank's micro-batches of a split, epoch after epoch, resumable from (epoch, step).
+
+    The eval split is read the same way, one pass at a time (`one_pass`): every row once across ranks.
+    """
 
     def __init__(self, build_dir, *, tokenizer_fingerprints: Sequence[str], model_dir, batch_size: int, grad_accum: int = 1,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, bucket_batches: int = 64, flat: bool = False):
-        self.store = RowStore(build_dir)
+                 seed: int = 0, rank: int = 0, world_size: int = 1, bucket_batches: int = 64, flat: bool = False,
+                 split: str = "train"):
+        self.store = RowStore(build_dir, split)
         self.manifest = self.store.manifest
         check_tokenizer(self.manifest, build_dir, tokenizer_fingerprints, model_dir)
-        if len(self.store) == 0:
+        if len(self.store) == 0 and split == "train":
             raise ValueError(f"{build_dir} holds no rows: nothing to train on")
         self.packed = self.manifest.config.pack
         self.batch_size, self.seed, self.flat = batch_size, seed, flat
@@ -190,8 +210,17 @@ class ShardLoader:
             if self.step >= len(self._ids):
                 self.epoch, self.step = self.epoch + 1, 0
             batch_id = self._ids[self.step]
-            indices = self._batches(self.epoch)[batch_id] if batch_id >= 0 else np.zeros(0, dtype=np.int64)
             self.step += 1
-            batch = collate([self.store.row(int(i)) for i in indices], flat=self.flat)
-            batch.rows = indices
-            yield batch
+            yield self._batch(self._batches(self.epoch), batch_id)
+
+    def one_pass(self) -> Iterator[Batch]:
+        """This rank's share of the split, once, in epoch 0's order (the loader's position is untouched)."""
+        plan = self._batches(0)
+        for batch_id in self._ids:
+            yield self._batch(plan, batch_id)
+
+    def _batch(self, plan: list[np.ndarray], batch_id: int) -> Batch:
+        indices = plan[batch_id] if batch_id >= 0 else np.zeros(0, dtype=np.int64)
+        batch = collate([self.store.row(int(i)) for i in indices], flat=self.flat)
+        batch.rows = indices
+        return batch

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from sfttrain.attention import model_attention
 from sfttrain.config import TrainConfig
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -33,19 +34,6 @@ def tokenizer_fingerprints(model_dir: str | Path) -> tuple[str, ...]:
     return loaded, fingerprint(Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json")))
 
 
-def resolve_attention(requested: str, device: torch.device) -> str:
-    if requested != "auto":
-        if requested == "flash_attention_2" and device.type != "cuda":
-            raise ValueError("attn_implementation flash_attention_2 needs a GPU; use sdpa (or auto) on CPU")
-        return requested
-    if device.type == "cuda":
-        from transformers.utils import is_flash_attn_2_available
-
-        if is_flash_attn_2_available():
-            return "flash_attention_2"
-    return "sdpa"
-
-
 def load_model(cfg: TrainConfig, attention: str, device: torch.device, checkpoint: Path | None = None):
     """The trainable model on `device`, in fp32 (bf16 comes from autocast), from a checkpoint when resuming.
 
@@ -57,7 +45,8 @@ def load_model(cfg: TrainConfig, attention: str, device: torch.device, checkpoin
     full_resume = checkpoint is not None and not cfg.lora
     source = checkpoint / "model" if full_resume else cfg.model
     torch.manual_seed(cfg.seed)  # LoRA's initial weights
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, attn_implementation=attention)
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32,
+                                                 attn_implementation=model_attention(attention))
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         kwargs = {"use_reentrant": False}  # no need for inputs that require grad, so frozen embeddings work
@@ -94,6 +83,26 @@ def export_model(model: torch.nn.Module, state_dict: dict, out_dir: Path, model_
     `state_dict` holds the trainable weights, gathered whole from every rank (checkpoint.save_checkpoint).
     """
     model.save_pretrained(str(out_dir), state_dict=state_dict)
+    copy_tokenizer(model_dir, out_dir)
+
+
+def copy_tokenizer(model_dir: str | Path, out_dir: Path) -> None:
+    """The tokenizer files and chat template the model was trained with, beside its weights."""
     for name in TOKENIZER_FILES:
         if (Path(model_dir) / name).exists():
             shutil.copy2(Path(model_dir) / name, out_dir / name)
+
+
+def merge_adapter(model_dir: str | Path, adapter_dir: Path, out_dir: Path) -> None:
+    """A model folder of the base model with the LoRA adapter folded into its weights (no peft needed)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(str(tmp))
+    copy_tokenizer(model_dir, tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)

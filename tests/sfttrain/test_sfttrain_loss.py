@@ -8,12 +8,13 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sfttrain_helpers import join, random_docs, write_build
 
 from sfttrain.attention import attention_kwargs
 from sfttrain.config import TrainConfig
 from sfttrain.loader import collate
-from sfttrain.loss import loss_sum
+from sfttrain.loss import LeanLoss, chunked_losses, loss_sum
 from sfttrain.train import forward_backward, train
 
 
@@ -23,10 +24,10 @@ def _model(model_dir):
     return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa")
 
 
-def _grads(model, batches):
+def _grads(model, batches, lean=None):
     model.zero_grad()
-    loss, targets, _ = forward_backward(model, batches, "sdpa", nullcontext, torch.device("cpu"), world_size=1)
-    return loss, targets, [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    losses, _ = forward_backward(model, batches, "sdpa", nullcontext, torch.device("cpu"), world_size=1, lean=lean)
+    return losses.loss, int(losses.counts.sum()), [None if p.grad is None else p.grad.clone() for p in model.parameters()]
 
 
 def test_labels_are_shifted_once_exactly_like_transformers(model_dir, vocab):
@@ -79,3 +80,69 @@ def test_training_reports_a_step_without_targets(tmp_path, model_dir, vocab, fin
         (1, True, None, 0), (2, True, None, 0)]
     assert all(r["tokens"] > 0 for r in records)
     assert (tmp_path / "run" / "model" / "adapter_model.safetensors").exists()
+
+
+def test_chunked_losses_and_gradients_equal_the_plain_ones():
+    torch.manual_seed(0)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    weight = torch.randn(1000, 16, requires_grad=True)
+    bias = torch.randn(1000, requires_grad=True)
+    targets = torch.randint(0, 1000, (23,))
+    scale = torch.rand(23)  # any upstream gradient, not only a sum's
+    plain = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="none")
+    expected = torch.autograd.grad((plain * scale).sum(), (hidden, weight, bias))
+    lean = chunked_losses(hidden, weight, bias, targets, chunk_rows=5)  # 5 chunks, the last of 3 rows
+    got = torch.autograd.grad((lean * scale).sum(), (hidden, weight, bias))
+    torch.testing.assert_close(lean, plain, rtol=1e-6, atol=1e-6)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_lean_loss_trains_like_the_plain_loss(model_dir, vocab, finetune):
+    """Same step loss and gradients from the model whose output layer returns target losses in chunks."""
+    docs = random_docs(np.random.default_rng(8), 6, vocab, min_len=6, max_len=30)
+    batches = [collate([join(docs[:3]), docs[3]]), collate([join(docs[4:])])]
+    model = _model(model_dir)
+    if finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+        for name, p in model.named_parameters():  # B starts at zero: give the adapter a gradient path to test
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+    loss_plain, targets, grads_plain = _grads(model, batches)
+    lean = LeanLoss(model, chunk_logits=7 * vocab)  # 7 rows a chunk: several chunks per batch
+    loss_lean, targets_lean, grads_lean = _grads(model, batches, lean)
+    assert targets_lean == targets > 7 and lean.chunk_rows == 7
+    first = batches[0]
+    with torch.no_grad(), lean.targets(first.labels):  # the output layer really returned target losses
+        kwargs = attention_kwargs(first.seq_lens, first.position_ids, "sdpa")
+        assert model(input_ids=first.input_ids, **kwargs).logits.shape == (first.num_targets,)
+    assert loss_lean == pytest.approx(loss_plain, rel=1e-6)
+    assert any(g is not None for g in grads_lean)
+    for a, b in zip(grads_lean, grads_plain):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    lean.remove()
+    assert _grads(model, batches)[0] == loss_plain  # the output layer's own forward is back
+
+
+def test_lean_loss_is_refused_where_it_would_not_be_exact(tmp_path):
+    """A model that soft-caps its logits after the output layer (Gemma 2), and a LoRA on the output layer."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=8, final_logit_softcapping=1.0)
+    gemma = Gemma2ForCausalLM(config).eval()
+    ids = torch.arange(1, 9)[None]
+    lean = LeanLoss(gemma)
+    assert "after its output layer" in lean.check(lambda: (gemma(input_ids=ids).logits, ids))
+    lean.remove()
+    config.final_logit_softcapping = None
+    uncapped = Gemma2ForCausalLM(config).eval()
+    assert LeanLoss(uncapped).check(lambda: (uncapped(input_ids=ids).logits, ids)) is None
+    adapted = get_peft_model(Gemma2ForCausalLM(config), LoraConfig(r=2, target_modules=["lm_head"]))
+    assert "not a plain Linear" in LeanLoss.refusal(adapted)
