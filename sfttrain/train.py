@@ -346,7 +346,8 @@ def describe(run: Run, sizes: tuple[int, int], bf16: bool, loss_note: str, check
              planned: int) -> None:
     """The settings and what they resolved to, printed once at the start."""
     cfg, loader = run.cfg, run.loader
-    run.log.print("sfttrain settings:\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+    settings = yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip().splitlines()
+    run.log.print("sfttrain settings:\n" + "\n".join("  " + line for line in settings))
     evaluation = ("at the end" + (f" and every {cfg.eval_every} steps" if cfg.eval_every else "")
                   if run.eval_loader else "none")
     run.log.print(

@@ -9,7 +9,9 @@ import pytest
 import torch
 from sfttrain_helpers import join, random_docs
 
-from sfttrain.attention import attention_kwargs, block_causal_mask, position_ids
+import sfttrain.attention as attention_module
+from sfttrain.attention import (FLAT, attention_kwargs, available_kernels, block_causal_mask, choose_attention,
+                                model_attention, position_ids)
 from sfttrain.loader import PAD_ID, collate
 from sfttrain.loss import IGNORE_INDEX, token_losses
 
@@ -43,7 +45,8 @@ def test_flash_kwargs_carry_cumulative_lengths():
 def _model(model_dir, attention):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation=attention)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                 attn_implementation=model_attention(attention))
     return model.eval()
 
 
@@ -69,16 +72,84 @@ def docs(vocab):
     return random_docs(np.random.default_rng(7), 6, vocab, min_len=5, max_len=30)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def reference_varlen(calls):
+    """torch's varlen kernel, which has no CPU implementation, as causal SDPA over each cu_seq_lens segment."""
+
+    def varlen(query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        assert torch.equal(cu_q, cu_k) and window_size == (-1, 0)  # causal, within the segments only
+        assert max_q == max_k == int(torch.diff(cu_q).max())
+        calls.append(cu_q.tolist())
+        segments = [torch.nn.functional.scaled_dot_product_attention(
+            query[s:e].transpose(0, 1), key[s:e].transpose(0, 1), value[s:e].transpose(0, 1), is_causal=True,
+            scale=scale, enable_gqa=enable_gqa).transpose(0, 1) for s, e in pairwise(cu_q.tolist())]
+        return torch.cat(segments)
+
+    return varlen
+
+
+@pytest.fixture(params=["sdpa", "eager", "flex_attention", "varlen"])
+def backend(request, monkeypatch):
+    """Every attention backend this machine runs: FlexAttention's forward runs on CPU (compiled by
+    transformers); torch's varlen kernel runs on CUDA only, so on CPU it is replaced by reference_varlen and
+    what is checked is sfttrain's adapter around it (layout, heads, keywords)."""
+    if request.param == "flex_attention" and attention_module.flex_attention_module is None:
+        pytest.skip("this torch has no FlexAttention")
+    calls = []
+    if request.param == "varlen" and not torch.cuda.is_available():
+        monkeypatch.setattr(attention_module, "varlen_attn", reference_varlen(calls))
+    return request.param, calls
+
+
 @pytest.mark.parametrize("flat", [False, True])
-def test_packed_losses_equal_each_document_alone(model_dir, docs, attention, flat):
-    model = _model(model_dir, attention)
-    packed = collate([join(docs[:3]), join(docs[3:5]), docs[5]], flat=flat)  # padding on two rows
+def test_packed_losses_equal_each_document_alone(model_dir, docs, backend, flat):
+    attention, varlen_calls = backend
+    if attention in FLAT and not flat:
+        pytest.skip(f"{attention} takes the batch as one row")
+    model, reference = _model(model_dir, attention), _model(model_dir, "sdpa")
+    packed = collate([join(docs[:3]), join(docs[3:5]), docs[5]], flat=flat)  # padding on two rows unless flat
     with torch.no_grad():
         per_doc = _doc_losses(_losses(model, packed, attention), packed)
-        alone = [_losses(model, collate([d]), attention).sum() for d in docs]
+        alone = [_losses(reference, collate([d]), "sdpa").sum() for d in docs]  # plain causal attention
     assert len(per_doc) == len(docs)
     torch.testing.assert_close(torch.stack(per_doc), torch.stack(alone), rtol=1e-5, atol=1e-5)
+    if varlen_calls:  # every layer got the documents' boundaries
+        bounds = np.cumsum([0] + [len(d.input_ids) for d in docs]).tolist()
+        assert len(varlen_calls) == model.config.num_hidden_layers and all(c == bounds for c in varlen_calls)
+
+
+@pytest.mark.parametrize("requested, device, bf16, have, chosen", [
+    ("auto", "cpu", False, {"flash_attn", "varlen", "flex"}, "sdpa"),
+    ("auto", "cuda", True, {"flash_attn", "varlen", "flex"}, "flash_attention_2"),
+    ("auto", "cuda", True, {"varlen", "flex"}, "varlen"),
+    ("auto", "cuda", False, {"varlen", "flex"}, "flex_attention"),  # fp32: the flash kernels take bf16 only
+    ("auto", "cuda", True, {"varlen", "flex", "turing"}, "flex_attention"),  # compute capability 7.5
+    ("auto", "cuda", True, set(), "sdpa"),
+    ("eager", "cpu", False, set(), "eager"),
+    ("sdpa", "cuda", True, {"varlen"}, "sdpa"),
+])
+def test_attention_is_chosen_from_what_the_machine_has(requested, device, bf16, have, chosen):
+    capability = (7, 5) if "turing" in have else (9, 0)
+    got = choose_attention(requested, device, bf16, flash_attn="flash_attn" in have, varlen="varlen" in have,
+                           flex="flex" in have, capability=capability if device == "cuda" else None)
+    assert got == chosen
+
+
+@pytest.mark.parametrize("requested, device, needs", [
+    ("flash_attention_2", "cpu", "flash-attn"),
+    ("varlen", "cpu", "torch 2.10"),
+    ("flex_attention", "cpu", "no backward on CPU"),
+])
+def test_a_backend_the_machine_lacks_is_refused(requested, device, needs):
+    with pytest.raises(ValueError, match=needs):
+        choose_attention(requested, device, False, flash_attn=False, varlen=True, flex=True)
+
+
+def test_this_machine_picks_a_backend_that_trains_here():
+    """On this CPU machine auto resolves to SDPA; on a CUDA machine with bf16 to one of the GPU paths."""
+    kernels = available_kernels()
+    cuda = torch.cuda.is_available()
+    chosen = choose_attention("auto", "cuda" if cuda else "cpu", cuda, **kernels)
+    assert chosen in (("flash_attention_2", "varlen", "flex_attention", "sdpa") if cuda else ("sdpa",))
 
 
 def test_without_the_mask_packing_would_leak(model_dir, docs):
@@ -129,45 +200,3 @@ def test_a_target_at_a_document_start_is_dropped_with_a_warning(docs):
 def test_an_empty_batch_has_no_targets():
     batch = collate([])
     assert batch.num_targets == 0 and batch.num_tokens == 0 and batch.input_ids.shape == (1, 1)
-
-
-@pytest.fixture
-def varlen_kernel():
-    """A stand-in for flash-attention's varlen kernel (none runs on CPU): causal SDPA per cu_seq_lens segment.
-
-    Registered with transformers' AttentionInterface, so the model calls it exactly where it would call
-    flash_attention_2, with whatever keyword arguments transformers forwards to that kernel.
-    """
-    from transformers import AttentionInterface
-
-    calls = []
-
-    def varlen(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        cu = kwargs["cu_seq_lens_q"]
-        assert attention_mask is None and torch.equal(cu, kwargs["cu_seq_lens_k"]) and query.shape[0] == 1
-        calls.append(cu.tolist())
-        groups = query.shape[1] // key.shape[1]
-        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
-        bounds = cu.tolist()
-        out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling)
-            for s, e in pairwise(bounds)], dim=2)
-        return out.transpose(1, 2).contiguous(), None
-
-    AttentionInterface.register("sfttrain_test_varlen", varlen)
-    yield calls
-    del AttentionInterface._global_mapping["sfttrain_test_varlen"]
-
-
-def test_flash_layout_reaches_a_varlen_kernel_and_is_exact(model_dir, docs, varlen_kernel):
-    """What the trainer hands flash_attention_2 (one flat row, cu_seq_lens) trains each document alone."""
-    model, reference = _model(model_dir, "sfttrain_test_varlen"), _model(model_dir, "sdpa")
-    flat = collate([join(docs[:3]), join(docs[3:])], flat=True)
-    with torch.no_grad():
-        kwargs = attention_kwargs(flat.seq_lens, flat.position_ids, "flash_attention_2")
-        losses = token_losses(model(input_ids=flat.input_ids, use_cache=False, **kwargs).logits, flat.labels)
-        alone = [_losses(reference, collate([d]), "sdpa").sum() for d in docs]
-    bounds = np.cumsum([0] + [len(d.input_ids) for d in docs]).tolist()
-    assert varlen_kernel and all(call == bounds for call in varlen_kernel)  # every layer got the boundaries
-    per_doc = [losses[0, s:e].sum() for s, e in pairwise(bounds)]
-    torch.testing.assert_close(torch.stack(per_doc), torch.stack(alone), rtol=1e-5, atol=1e-5)
