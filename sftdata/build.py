@@ -13,17 +13,27 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from . import __version__
 from .config import BuildConfig
 from .executors.local import default_workers, run_batches
-from .manifest import (EVAL_DIR, MANIFEST, REJECTS, Counts, InputInfo, Manifest, PackingInfo, ShardInfo, SplitInfo,
-                       TemplateInfo)
+from .manifest import (
+    EVAL_DIR,
+    MANIFEST,
+    REJECTS,
+    Counts,
+    InputInfo,
+    Manifest,
+    PackingInfo,
+    ShardInfo,
+    SplitInfo,
+    TemplateInfo,
+)
 from .packing import fill_stats, pack_arrays
 from .records import RawRecord
 from .shards import MappedShard, Row, ShardWriter, shard_columns

@@ -73,10 +73,9 @@ def choose_attention(requested: str, device: str, bf16: bool, flash_attn: bool, 
         if varlen and flash_capable:
             return "varlen"
         return "flex_attention" if gpu and flex else "sdpa"
-    needs = {"flash_attention_2": (flash_attn and flash_capable, "the flash-attn package, a GPU of compute "
-                                   "capability 8.0 or newer, and bf16"),
-             "varlen": (varlen and flash_capable, "torch 2.10 or newer (torch.nn.attention.varlen), a GPU of "
-                        "compute capability 8.0 or newer, and bf16"),
+    flash_gpu = "a GPU of compute capability 8.0 or newer, and bf16"
+    needs = {"flash_attention_2": (flash_attn and flash_capable, f"the flash-attn package, {flash_gpu}"),
+             "varlen": (varlen and flash_capable, f"torch 2.10 or newer (torch.nn.attention.varlen), {flash_gpu}"),
              "flex_attention": (flex and gpu, "a GPU (FlexAttention has no backward on CPU)")}
     if requested in needs and not needs[requested][0]:
         raise ValueError(f"attn_implementation {requested} needs {needs[requested][1]}; use auto to choose "

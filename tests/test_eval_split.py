@@ -10,24 +10,16 @@ import pytest
 from sftdata.build import build
 from sftdata.config import BuildConfig, ConfigError, Overlong
 from sftdata.manifest import EVAL_DIR, Manifest
-from sftdata.shards import Row, iter_rows, open_shard
+from sftdata.shards import Row, open_shard
 from sftdata.split import EvalSplit, eval_score
 
 from .conftest import fixture_tokenizer
-from .test_packed_build import FIXTURE_INPUTS, documents
+from .test_packed_build import FIXTURE_INPUTS, documents, table_documents
 
 
 def _eval_documents(out) -> dict:
     """source_id -> its documents, read from the eval split's shards."""
-    docs: dict = {}
-    for shard in Manifest.read(out).eval.shards:
-        for row in iter_rows(open_shard(out / EVAL_DIR / shard.name)):
-            start = 0
-            for length, source in zip(row.seq_lens, row.source_ids):
-                docs.setdefault(int(source), []).append((row.input_ids[start:start + length].tolist(),
-                                                         row.loss_mask[start:start + length].tolist()))
-                start += int(length)
-    return docs
+    return table_documents(open_shard(out / EVAL_DIR / shard.name) for shard in Manifest.read(out).eval.shards)
 
 
 def _doc(source_id: int, n: int = 3) -> Row:

@@ -20,7 +20,11 @@ FIXTURE_INPUTS = [DATA / "messages.jsonl", DATA / "sharegpt.json", DATA / "alpac
 
 def documents(out) -> dict:
     """source_id -> list of (ids, mask) of its documents, read from any build (packed or not)."""
-    _, tables = open_build(out)
+    return table_documents(open_build(out)[1])
+
+
+def table_documents(tables) -> dict:
+    """source_id -> list of (ids, mask) of its documents in these shard tables."""
     docs: dict = {}
     for table in tables:
         for row in iter_rows(table):

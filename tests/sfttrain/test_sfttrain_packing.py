@@ -10,8 +10,15 @@ import torch
 from sfttrain_helpers import join, random_docs
 
 import sfttrain.attention as attention_module
-from sfttrain.attention import (FLAT, attention_kwargs, available_kernels, block_causal_mask, choose_attention,
-                                model_attention, position_ids)
+from sfttrain.attention import (
+    FLAT,
+    attention_kwargs,
+    available_kernels,
+    block_causal_mask,
+    choose_attention,
+    model_attention,
+    position_ids,
+)
 from sfttrain.loader import PAD_ID, collate
 from sfttrain.loss import IGNORE_INDEX, token_losses
 

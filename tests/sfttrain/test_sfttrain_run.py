@@ -4,6 +4,7 @@ schedule (also when a resume changes its length), and logs for files and TensorB
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def test_defaults_for_a_real_run():
 def test_the_schedule_warms_up_and_never_spends_a_step_at_the_floor():
     factors = [lr_factor(step, warmup=3, total=10, min_ratio=0.0) for step in range(10)]
     assert factors[:4] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
-    assert all(a > b for a, b in zip(factors[3:], factors[4:]))  # cosine down...
+    assert all(a > b for a, b in pairwise(factors[3:]))  # cosine down...
     assert factors[-1] > 0.01  # ...without reaching the floor on the last step
 
 
