@@ -32,3 +32,8 @@ class RecordError(ValueError):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+    def __reduce__(self):
+        # a bad line is read as a RecordError in place of its record and travels to a pool worker with
+        # its batch: pickling must rebuild it from both arguments (Exception pickles `args` alone)
+        return type(self), (self.reason, self.detail)

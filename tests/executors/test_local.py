@@ -56,3 +56,14 @@ def test_once_the_input_is_read_this_process_takes_back_batches_the_pool_has_not
     assert pending[1] == "done here: ['b']"
     _take_back_one(pending, Local())  # a batch the pool has started stays with the pool
     assert pending[0].future is running and not running.cancelled()
+
+
+def test_unreadable_lines_travel_to_pool_workers(tmp_path):
+    # malformed.jsonl holds lines that are not JSON: each is read as a RecordError in place of its record,
+    # and a pool worker must be able to unpickle it to reject the record (it once crashed the pool)
+    inputs = [DATA / "malformed.jsonl", DATA / "messages.jsonl"]
+    one = build(inputs, tmp_path / "one", BuildConfig(tokenizer=LLAMA3, workers=1, batch_size=1))
+    two = build(inputs, tmp_path / "two", BuildConfig(tokenizer=LLAMA3, workers=2, batch_size=1))
+    assert one.counts.rejected_by_reason.get("malformed_record", 0) >= 3
+    assert one.counts == two.counts
+    assert (tmp_path / "one" / "rejects.jsonl").read_bytes() == (tmp_path / "two" / "rejects.jsonl").read_bytes()
