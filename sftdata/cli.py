@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from .config import BuildConfig, ConfigError
+from .inspect.commands import add_parsers as add_inspect_parsers
+from .inspect.report import report_after_build
 from .manifest import Manifest
 from .options import add_flags, settings_from_args
 
@@ -81,8 +83,6 @@ def run_build(args) -> int:
             console.print(f"[bold red]error:[/] {escape(str(err))}")
             return 2
     _print_summary(console, manifest, args.out)
-    from .report import report_after_build
-
     report_after_build(args.out, args.report, console)
     return 0
 
@@ -117,15 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "exact per-token loss masks, and check it before training.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_build_parser(sub)
-    from .diff import add_parser as add_diff_parser
-    from .report import add_parser as add_report_parser
-    from .stats import add_parser as add_stats_parser
-    from .viewer import add_parser as add_view_parser
-
-    add_view_parser(sub)
-    add_diff_parser(sub)
-    add_stats_parser(sub)
-    add_report_parser(sub)
+    add_inspect_parsers(sub)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,60 +1,18 @@
-"""`sftdata stats` and the document index every inspection command reads builds through.
-
-The small conversation set and `make_build` here are shared by test_viewer, test_diff and test_report."""
+"""`sftdata stats` and the document index every inspection command reads builds through."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sftdata.build import build
 from sftdata.cli import main
-from sftdata.config import BuildConfig
+from sftdata.inspect.build_data import BuildData, pieces_of
+from sftdata.inspect.stats import build_stats
 from sftdata.shards import iter_rows, open_build
-from sftdata.stats import BuildData, _pieces, build_stats
 
-from .conftest import fixture_tokenizer
-
-CHATML = fixture_tokenizer("chatml-bpe")
-RESPONSE_TEMPLATE = "<|im_start|>assistant\n"
-
-
-def _chat(*turns: str) -> dict:
-    roles = ["user", "assistant"]
-    return {"messages": [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]}
-
-
-# source ids: 0 two exchanges, 1 one, 2 three, 3 no assistant (rejected), 4 one long reply,
-# 5 an empty reply only (rejected by sftdata, kept by the comparator), 6 one exchange
-CHATS = [
-    _chat("What is the capital of France?", "Paris is the capital.", "And of Italy?", "Rome is."),
-    _chat("Say hello.", "Hello there!"),
-    _chat("Count: one.", "two", "Next?", "three", "Next again?", "four"),
-    {"messages": [{"role": "user", "content": "Nobody answers this."}]},
-    _chat("Write a long answer.", " ".join(f"word{i}" for i in range(40))),
-    _chat("Reply with nothing.", ""),
-    _chat("Escape <b>this</b> & </script><script>alert(1)</script>", "Done: <i>ok</i> & fine."),
-]
-MULTI_TURN = {0: 2, 2: 3}  # source id -> assistant turns
-
-
-def write_chats(folder: Path, chats=CHATS) -> Path:
-    path = folder / "chats.jsonl"
-    path.write_text("".join(json.dumps(c) + "\n" for c in chats), encoding="utf-8")
-    return path
-
-
-def make_build(root: Path, name: str, inputs=None, **config) -> Path:
-    """A build of the shared conversations (or `inputs`) in root/name, in this process."""
-    root.mkdir(parents=True, exist_ok=True)
-    inputs = inputs or [write_chats(root)]
-    out = root / name
-    config.setdefault("tokenizer", CHATML)
-    build(inputs, out, BuildConfig(workers=1, **config), overwrite=True)
-    return out
+from .builders import make_build
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +51,7 @@ def test_trained_runs_count_assistant_turns(builds):
 
 
 def test_pieces_number_documents_sharing_a_source_id():
-    assert _pieces(np.array([5, 3, 5, 5, 3, 7])).tolist() == [0, 0, 1, 2, 1, 0]
+    assert pieces_of(np.array([5, 3, 5, 5, 3, 7])).tolist() == [0, 0, 1, 2, 1, 0]
 
 
 def test_stats_agree_with_the_manifest_and_the_data(builds):

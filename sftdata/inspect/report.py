@@ -12,21 +12,32 @@ Pure parts: `baseline_counts` (vectorized over every document), `select_document
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.markup import escape
 
-from . import html as page_html
-from .comparators import response_template_mask, train_everything_mask
-from .diff import classify
-from .stats import BuildData, DocIndex, build_stats
-from .viewer import Vocab, load_vocab
+from ..comparators import response_template_mask, train_everything_mask
+from ..options import setting
+from .alignment import classify
+from .build_data import COMPARATOR_WARNING, BuildData, DocIndex, document_key
+from .charts import distribution_charts
+from .page import mask_string, page, vocab_table
+from .stats import build_stats
+from .terminal import add_command, make_console
+from .vocab import Vocab, VocabSettings, load_vocab
 
 REPORT = "report.html"
 PER_CATEGORY = 5
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    output: str | None = setting(None, f"where to write instead of OUT/{REPORT}", metavar="FILE")
+    per_category: int = setting(PER_CATEGORY, "documents per category in the sample")
 
 
 @dataclass(frozen=True)
@@ -132,55 +143,6 @@ def select_documents(d: DocIndex, max_length: int | None, differ: np.ndarray | N
     return list(chosen.items())
 
 
-def _bins_length(lengths: np.ndarray, max_length: int | None) -> np.ndarray:
-    """About 30 bins of a round width, covering the longest document and the length limit."""
-    top = max(int(lengths.max()) if len(lengths) else 1, max_length or 0, 1)
-    raw = top / 30
-    step = next(m * 10 ** e for e in range(0, 12) for m in (1, 2, 5) if m * 10 ** e >= raw)
-    return np.arange(0, top + step, step, dtype=np.float64)
-
-
-def _pct(x: float) -> str:
-    return f"{x * 100:.0f}%"
-
-
-def distribution_charts(sides: list[tuple[str, BuildData, str]]) -> list[str]:
-    """Document lengths, trained-token ratios and row fill, one series per build."""
-    max_length = max((s[1].max_length or 0) for s in sides) or None
-    lengths = np.concatenate([s[1].docs.length for s in sides]) if sides else np.zeros(0)
-    marker = (max_length, f"max length {max_length:,}") if max_length else None
-    charts = [
-        page_html.histogram_svg("Document length", [(n, b.docs.length, c) for n, b, c in sides],
-                                _bins_length(lengths, max_length), "tokens per document", marker=marker),
-        page_html.histogram_svg("Trained-token ratio", [(n, b.docs.ratio, c) for n, b, c in sides],
-                                np.linspace(0, 1, 21), "trained tokens / tokens, per document", x_format=_pct),
-    ]
-    if max_length:
-        packed = any(b.packed for _, b, _ in sides)
-        charts.append(page_html.histogram_svg(
-            "Packing fill" if packed else "Row fill (not packed)",
-            [(n, np.minimum(b.row_tokens / max_length, 1.0), c) for n, b, c in sides], np.linspace(0, 1, 21),
-            f"tokens per row / max length {max_length:,}", x_format=_pct,
-            note="" if packed else "one document per row: the rest of each row is padding"))
-    return charts
-
-
-def _doc_title(data: BuildData, doc: int) -> str:
-    d = data.docs
-    sid = int(d.source_id[doc])
-    piece = f" piece {int(d.piece[doc])}" if d.piece[doc] else ""
-    return f"source {sid}{piece} · {data.where(sid)}"
-
-
-def _doc_info(data: BuildData, doc: int) -> str:
-    d = data.docs
-    where = f"row {int(d.row[doc])}"
-    if d.row_documents[doc] > 1:
-        where += f" (document {int(d.row_position[doc]) + 1} of {int(d.row_documents[doc])} packed)"
-    n, t = int(d.length[doc]), int(d.trained[doc])
-    return f"{where} · {n:,} tokens · {t:,} trained ({t / max(n, 1):.0%}) · {int(d.runs[doc])} trained run(s)"
-
-
 def report_payload(data: BuildData, vocab: Vocab | None, notes: list[str], per_category: int = PER_CATEGORY,
                    seed: int = 0) -> tuple[dict, list[str]]:
     """The page's JSON payload and its charts."""
@@ -195,11 +157,13 @@ def report_payload(data: BuildData, vocab: Vocab | None, notes: list[str], per_c
         base = baseline.mask(ids)
         ids_used.append(ids)
         tags = classify(mask, base, "this build", "baseline")
-        docs.append({"key": f"s{int(data.docs.source_id[doc])}p{int(data.docs.piece[doc])}",
-                     "sid": int(data.docs.source_id[doc]), "title": _doc_title(data, doc),
-                     "info": _doc_info(data, doc) + f" · baseline trains {int(base.sum()):,}",
+        sid = int(data.docs.source_id[doc])
+        docs.append({"key": document_key(sid, int(data.docs.piece[doc])), "sid": sid,
+                     "title": f"{data.source_label(doc)} · {data.where(sid)}",
+                     "info": f"{data.position(doc)} · {data.size(doc)} · {int(data.docs.runs[doc])} trained run(s) · "
+                             f"baseline trains {int(base.sum()):,}",
                      "cats": cats, "tags": tags, "ids": ids.tolist(),
-                     "ma": page_html.mask_string(mask), "mb": page_html.mask_string(base)})
+                     "ma": mask_string(mask), "mb": mask_string(base)})
     s = stats
     summary = [
         ("records", f"{s['records']:,}" if s["records"] is not None else "?", "input records read"),
@@ -243,7 +207,7 @@ def report_payload(data: BuildData, vocab: Vocab | None, notes: list[str], per_c
         "kind": "report", "summary": summary,
         "notes": [{"level": "warn", "text": n} for n in notes + s["checks"]],
         "tables": tables, "legend": {"a": "this build", "b": baseline.name.replace("baseline: ", "the baseline, ")},
-        "vocab": [page_html.vocab_table(vocab, ids_used), "same"], "docs": docs,
+        "vocab": [vocab_table(vocab, ids_used), "same"], "docs": docs,
     }
     return payload, distribution_charts([("this build", data, "#2da44e")])
 
@@ -269,19 +233,13 @@ def subtitle(data: BuildData) -> list[str]:
             f"{'packed' if c.pack else 'not packed'} · sftdata {m.sftdata_version}"]
 
 
-COMPARATOR_BANNER = ("COMPARATOR build: its masks reproduce the classic response-template search (train "
-                     "everything after the first match of the template's token ids), kept only to show with "
-                     "`sftdata diff` which examples that approach breaks. Do not train on it.")
-
-
-def write_report(build_dir: str | Path, out: str | Path | None = None, tokenizer: str | None = None,
+def write_report(data: BuildData, out: str | Path | None = None, tokenizer: str | None = None,
                  per_category: int = PER_CATEGORY) -> Path:
-    data = BuildData(build_dir)
+    """Write the report of an opened build to `out` (default OUT/report.html), atomically."""
     vocab, note = load_vocab(data.manifest, tokenizer)
     payload, charts = report_payload(data, vocab, [note] if note else [], per_category)
-    title = f"sftdata build report: {data.path}"
-    text = page_html.page(title, subtitle(data), charts, payload,
-                          banner=COMPARATOR_BANNER if data.is_comparator else "")
+    text = page(f"sftdata build report: {data.path}", subtitle(data), charts, payload,
+                banner=COMPARATOR_WARNING if data.is_comparator else "")
     path = Path(out) if out else data.path / REPORT
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -292,46 +250,30 @@ def write_report(build_dir: str | Path, out: str | Path | None = None, tokenizer
 # -- command -------------------------------------------------------------------------------------------------
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="(re)write a build's report.html",
-                       description="Write the HTML report `sftdata build` writes to OUT/report.html: summary, "
-                                   "charts, and a sample of documents with their masks beside a baseline.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("build", metavar="OUT", help="a build folder (holds manifest.json)")
-    p.add_argument("--output", metavar="FILE", help=f"where to write (default OUT/{REPORT})")
-    p.add_argument("--per-category", type=int, default=PER_CATEGORY,
-                   help=f"documents per category in the sample (default {PER_CATEGORY})")
-    p.add_argument("--tokenizer", help="tokenizer folder to read ids with (default: the one in the manifest)")
-    p.set_defaults(run=run_report)
+    add_command(sub, "report", run, {"OUT": "a build folder (holds manifest.json)"}, (ReportSettings, VocabSettings),
+                help="(re)write a build's report.html",
+                description="Write the HTML report `sftdata build` writes to OUT/report.html: summary, charts, "
+                            "and a sample of documents with their masks beside a baseline.")
 
 
-def run_report(args) -> int:
-    from rich.markup import escape
-
-    from .viewer import make_console
-
-    console = make_console("auto", stderr=True)
+def run(data: BuildData, settings: ReportSettings, reading: VocabSettings) -> int:
     t0 = time.perf_counter()
-    try:
-        path = write_report(args.build, args.output, args.tokenizer, args.per_category)
-    except (FileNotFoundError, ValueError) as err:
-        console.print(f"[bold red]error:[/] {escape(str(err))}")
-        return 2
-    console.print(f"wrote {path} ({path.stat().st_size / 1024:,.0f} KiB in {time.perf_counter() - t0:.1f}s)")
+    path = write_report(data, settings.output, reading.tokenizer, settings.per_category)
+    make_console(stderr=True).print(f"wrote {path} ({path.stat().st_size / 1024:,.0f} KiB in "
+                                    f"{time.perf_counter() - t0:.1f}s)")
     return 0
 
 
-def report_after_build(out: str | Path, enabled: bool, console) -> Path | None:
+def report_after_build(out: str | Path, enabled: bool, console: Console) -> Path | None:
     """What `sftdata build` does last: write OUT/report.html, or (--no-report) remove a stale one. A
     report that cannot be written is a warning: the build itself is complete."""
-    from rich.markup import escape
-
     path = Path(out) / REPORT
     if not enabled:
         path.unlink(missing_ok=True)
         return None
     t0 = time.perf_counter()
     try:
-        write_report(out)
+        write_report(BuildData(out))
     except Exception as err:  # the shards are written and valid; say why the report is missing
         console.print(f"[yellow]warning:[/] no report written ({type(err).__name__}: {escape(str(err))})")
         return None

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from sftdata.cli import main
-from sftdata.stats import BuildData
+from sftdata.inspect.build_data import BuildData
+from sftdata.inspect.terminal import visible
+from sftdata.inspect.vocab import Vocab, load_vocab
 from sftdata.tiktoken_bpe import byte_level_alphabet
-from sftdata.viewer import Vocab, load_vocab, visible
 
-from .conftest import fixture_tokenizer
-from .test_stats import CHATS, make_build
+from ..conftest import fixture_tokenizer
+from .builders import CHATS, make_build
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,11 @@ def test_rejected_grep_and_errors(builds, capsys):
     assert code == 0 and "rejected: no_trainable_tokens" in err and "no assistant message" in err
     code, out, err = _view(capsys, builds["plain"], "--grep", "word39")
     assert code == 0 and "source 4 " in out and "source 0 " not in out
+    code, out, err = _view(capsys, builds["plain"], "--grep", "word39", "--limit", "1")
+    assert code == 0 and "more than" not in err
+    code, out, err = _view(capsys, builds["plain"], "--grep", "<|im_start|>assistant", "--limit", "2")
+    assert code == 0 and len(re.findall(r"^source \d+ ", out, flags=re.M)) == 2
+    assert "more than 2 documents contain '<|im_start|>assistant'; showing the first 2" in " ".join(err.split())
     code, out, err = _view(capsys, builds["plain"], "--row", 99)
     assert code == 2 and "no row 99" in err
 

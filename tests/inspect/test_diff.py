@@ -4,6 +4,8 @@ and token ids that differ (a system prompt added)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,26 +14,18 @@ from hypothesis import strategies as st
 from sftdata.cli import main
 from sftdata.comparators import response_template_mask
 from sftdata.config import Masker, TrainOn
-from sftdata.diff import align, classify, compare_documents, diff_builds, near, runs
-from sftdata.stats import BuildData
+from sftdata.inspect.alignment import align, classify, compare_documents, runs
+from sftdata.inspect.build_data import BuildData
+from sftdata.inspect.diff import diff_builds, near
 
-from .conftest import fixture_tokenizer
-from .test_stats import CHATML, MULTI_TURN, RESPONSE_TEMPLATE, make_build
-
-PLAIN_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}"
-    "{% if m.role == 'user' %}### Human: {{ m.content }}\n\n"
-    "{% elif m.role == 'assistant' %}### Assistant: {{ m.content }}{{ eos_token }}\n\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}### Assistant:{% endif %}"
-)
+from ..conftest import fixture_tokenizer
+from .builders import CHATML, CHATS, MULTI_TURN, RESPONSE_TEMPLATE, make_build, plain_template, write_chats
 
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
     root = tmp_path_factory.mktemp("diff")
-    template = root / "plain.jinja"
-    template.write_text(PLAIN_TEMPLATE)
-    spm = {"tokenizer": fixture_tokenizer("llama2-spm"), "chat_template": str(template)}
+    spm = {"tokenizer": fixture_tokenizer("llama2-spm"), "chat_template": plain_template(root)}
     return {
         "assistant": make_build(root, "assistant"),
         "last": make_build(root, "last", train_on=TrainOn.LAST),
@@ -41,6 +35,7 @@ def builds(tmp_path_factory):
         "spm": make_build(root, "spm", **spm),
         "spm_comparator": make_build(root, "spm_comparator", masker=Masker.RESPONSE_TEMPLATE,
                                      response_template="### Assistant:", **spm),
+        "reversed": make_build(root, "reversed", inputs=[write_chats(root / "reversed_in", CHATS[::-1])]),
     }
 
 
@@ -120,7 +115,8 @@ def test_added_system_prompt_differs_in_ids_only_by_inserted_tokens(builds):
 def test_identical_builds_and_exit_status(builds, capsys):
     assert main(["diff", str(builds["assistant"]), str(builds["assistant"]), "--color", "never"]) == 0
     out = capsys.readouterr().out
-    assert "identical" in out and "most changed" not in out
+    assert re.search(r"documents compared\s+5\b", out) and re.search(r"identical\s+5\b", out)
+    assert "most changed" not in out and "only in A (" not in out and "different inputs" not in out
     assert main(["diff", str(builds["assistant"]), str(builds["last"]), "--color", "never", "--limit", "1"]) == 1
     out = capsys.readouterr().out
     assert "[-" in out and "-]" in out and "B trains only the last" in out
@@ -129,6 +125,14 @@ def test_identical_builds_and_exit_status(builds, capsys):
     assert "COMPARATOR" in out and "◀ differs" in out and "only in B (comparator)" in out
     assert main(["diff", str(builds["assistant"]), str(builds["system"]), "--color", "never"]) == 1
     assert "not in the other build" in capsys.readouterr().out
+
+
+def test_builds_of_different_inputs_are_compared_with_a_warning(builds, capsys, tmp_path):
+    assert main(["diff", str(builds["assistant"]), str(builds["reversed"]), "--color", "never",
+                 "--html", str(tmp_path / "d.html")]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "warning: A and B were built from different inputs" in out
+    assert "unrelated records" in (tmp_path / "d.html").read_text(encoding="utf-8")
 
 
 def test_classify_names_the_classic_failures():
