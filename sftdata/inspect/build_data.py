@@ -13,20 +13,48 @@ names a document across builds.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from enum import Enum
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from ..config import BuildConfig, Masker
+from ..manifest import REJECTS
 from ..shards import Columns, open_build, read_rejects, shard_columns
 
 # the one way a comparator build is announced, in the terminal and on the web pages
 COMPARATOR_WARNING = ("COMPARATOR build: its masks reproduce the classic response-template search (train "
                       "everything after the first match of the template's token ids), kept only to show with "
                       "`sftdata diff` which examples that approach breaks. Do not train on it.")
+
+
+# settings that change how the work runs and how rows are split into files, not the rows
+RUN_SETTINGS = frozenset({"workers", "batch_size", "shard_tokens"})
+
+
+def readable(value) -> str:
+    """A setting's value as a person reads it: on/off, none, 4,096, the choice's name, a list joined."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "none"
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(readable, value)) or "none"
+    return str(value)
+
+
+def output_settings(config: BuildConfig) -> list[tuple[str, object]]:
+    """(name, value) of each setting that shapes what a build writes, in BuildConfig's order."""
+    return [(f.name.replace("_", " "), getattr(config, f.name)) for f in fields(BuildConfig)
+            if f.name not in RUN_SETTINGS]
 
 
 @dataclass(frozen=True)
@@ -61,7 +89,11 @@ class Segment:
 
 
 def _index_segment(cols: Columns, seg: int, first_row: int) -> tuple[Segment, dict, np.ndarray]:
-    """Document facts of one record batch, vectorized; returns (Segment, dict of arrays, tokens per row)."""
+    """Document facts of one record batch, vectorized; returns (Segment, dict of arrays, tokens per row).
+
+    A row's documents tile it (`seq_lens` add up to its tokens, checked here), so the documents of a batch
+    tile its tokens, and per-document sums are one `reduceat` pass over the mask: no array the size of
+    the tokens is made but one of booleans (where trained runs start)."""
     ids, mask, all_lens, all_srcs = cols.values
     row_off = cols.offsets[0].astype(np.int64)
     lens_off = cols.offsets[2].astype(np.int64)
@@ -69,28 +101,41 @@ def _index_segment(cols: Columns, seg: int, first_row: int) -> tuple[Segment, di
     srcs = all_srcs[lens_off[0] : lens_off[-1]].astype(np.int64)
     lens_off = lens_off - lens_off[0]
     per_row = np.diff(lens_off)
+    row_tokens = np.diff(row_off)
+    ends = np.cumsum(lens)  # of each document, counted from the batch's first token
+    row_sums = np.diff(np.concatenate([[0], ends])[lens_off])
+    if not np.array_equal(row_sums, row_tokens):
+        bad = int(np.flatnonzero(row_sums != row_tokens)[0])
+        raise ValueError(f"row {first_row + bad} holds {row_tokens[bad]:,} tokens but its seq_lens add up to "
+                         f"{row_sums[bad]:,}: the shard is damaged; rebuild it")
     row_of_doc = np.repeat(np.arange(cols.rows), per_row)
-    before = np.cumsum(lens) - lens  # tokens of earlier documents in this batch
-    start = row_off[row_of_doc] + before - before[lens_off[:-1]][row_of_doc]
-    end = start + lens
-    csum = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
-    on = mask.astype(bool)
-    run_start = on.copy()
-    run_start[1:] &= ~on[:-1]
-    run_start[start[lens > 0]] = on[start[lens > 0]]  # a run never continues from the document before
-    rsum = np.concatenate([[0], np.cumsum(run_start, dtype=np.int64)])
+    at = ends - lens  # each document's first token, counted from the batch's first token
+    tokens = mask[row_off[0] : row_off[-1]]
+    run_start = np.empty(len(tokens), dtype=bool)  # a trained token after an untrained one, or first
+    run_start[:1] = tokens[:1] > 0
+    np.greater(tokens[1:], tokens[:-1], out=run_start[1:])
+    run_start[at[lens > 0]] = tokens[at[lens > 0]] > 0  # a run never continues from the document before
     facts = {
         "segment": np.full(len(lens), seg, dtype=np.int64),
-        "start": start,
+        "start": at + row_off[0],
         "length": lens,
-        "trained": csum[end] - csum[start],
-        "runs": rsum[end] - rsum[start],
+        "trained": _document_sums(tokens, at, lens),
+        "runs": _document_sums(run_start, at, lens),
         "source_id": srcs,
         "row": row_of_doc + first_row,
         "row_position": np.arange(len(lens)) - lens_off[:-1][row_of_doc],
         "row_documents": per_row[row_of_doc],
     }
-    return Segment(ids, mask), facts, np.diff(row_off)
+    return Segment(ids, mask), facts, row_tokens
+
+
+def _document_sums(values: np.ndarray, at: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Sum of `values` over each document, documents tiling `values` from the offsets `at`."""
+    if not len(values):
+        return np.zeros(len(at), np.int64)
+    sums = np.add.reduceat(values, np.minimum(at, len(values) - 1), dtype=np.int64)
+    sums[lens == 0] = 0  # reduceat reads one value for an empty range
+    return sums
 
 
 def pieces_of(source_id: np.ndarray) -> np.ndarray:
@@ -168,6 +213,36 @@ class BuildData:
     @cached_property
     def rejects(self) -> list[dict]:
         return read_rejects(self.path)
+
+    def rejects_sample(self, per_reason: int) -> list[dict]:
+        """Up to `per_reason` rejects of each reason, in file order. Reads rejects.jsonl only until each
+        reason the manifest counts has them: a report's cost follows its sample, not the dataset."""
+        wanted = {reason: min(n, per_reason) for reason, n in self.manifest.counts.rejected_by_reason.items()}
+        taken: dict[str, int] = {}
+        sample = []
+        path = self.path / REJECTS
+        if not wanted or not path.exists():
+            return sample
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                reject = json.loads(line)
+                reason = reject.get("reason", "?")
+                if taken.get(reason, 0) < per_reason:
+                    taken[reason] = taken.get(reason, 0) + 1
+                    sample.append(reject)
+                    if all(taken.get(r, 0) >= n for r, n in wanted.items()):
+                        break
+        return sample
+
+    def rejects_written(self) -> int:
+        """Lines of rejects.jsonl, counted without reading them as JSON."""
+        path = self.path / REJECTS
+        if not path.exists():
+            return 0
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
 
     # -- which input a record came from -------------------------------------------------------------
     @cached_property

@@ -70,10 +70,12 @@ def histogram_svg(title: str, series: list[tuple[str, np.ndarray, str]], bins: n
 
 
 def length_bins(lengths: np.ndarray, max_length: int | None) -> np.ndarray:
-    """About 30 bins of a round width, covering the longest document and the length limit."""
-    top = max(int(lengths.max()) if len(lengths) else 1, max_length or 0, 1)
+    """About 30 bins of a round width, up to the longest document; up to the length limit too when that
+    is at most twice as long (the data then still fills half the axis)."""
+    longest = max(int(lengths.max()) if len(lengths) else 1, 1)
+    top = max_length if max_length and longest < max_length <= 2 * longest else longest
     raw = top / 30
-    step = next(m * 10 ** e for e in range(0, 12) for m in (1, 2, 5) if m * 10 ** e >= raw)
+    step = next(m * 10 ** e for e in range(12) for m in (1, 2, 5) if m * 10 ** e >= raw)
     return np.arange(0, top + step, step, dtype=np.float64)
 
 
@@ -85,12 +87,15 @@ def distribution_charts(sides: list[tuple[str, BuildData, str]]) -> list[str]:
     """Document lengths, trained-token ratios and row fill, one series per build."""
     max_length = max((s[1].max_length or 0) for s in sides) or None
     lengths = np.concatenate([s[1].docs.length for s in sides]) if sides else np.zeros(0)
-    marker = (max_length, f"max length {max_length:,}") if max_length else None
+    bins = length_bins(lengths, max_length)
+    marked = max_length is not None and max_length <= bins[-1]
     charts = [
-        histogram_svg("Document length", [(n, b.docs.length, c) for n, b, c in sides],
-                                length_bins(lengths, max_length), "tokens per document", marker=marker),
+        histogram_svg("Document length", [(n, b.docs.length, c) for n, b, c in sides], bins, "tokens per document",
+                      marker=(max_length, f"max length {max_length:,}") if marked else None,
+                      note=f"max length {max_length:,}: beyond the longest document" if max_length and not marked
+                      else ""),
         histogram_svg("Trained-token ratio", [(n, b.docs.ratio, c) for n, b, c in sides],
-                                np.linspace(0, 1, 21), "trained tokens / tokens, per document", x_format=_pct),
+                      np.linspace(0, 1, 21), "trained tokens / tokens, per document", x_format=_pct),
     ]
     if max_length:
         packed = any(b.packed for _, b, _ in sides)

@@ -10,7 +10,7 @@ Directions: "gained" tokens are trained in B and not in A; "lost" ones are train
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..config import BuildConfig
 from ..manifest import Manifest
 from ..options import setting
 from .alignment import align, aligned_masks, compare_documents
-from .build_data import COMPARATOR_WARNING, BuildData, document_key, source_label
+from .build_data import COMPARATOR_WARNING, BuildData, document_key, output_settings, readable, source_label
 from .charts import distribution_charts
 from .page import mask_string, page, vocab_table
 from .terminal import (
@@ -37,9 +36,6 @@ from .terminal import (
     token_lines,
 )
 from .vocab import IdsVocab, load_vocab
-
-# settings that do not change what a build writes
-IGNORED_SETTINGS = {"workers", "batch_size", "shard_tokens"}
 
 
 @dataclass(frozen=True)
@@ -136,9 +132,8 @@ def settings_changes(a: Manifest, b: Manifest) -> list[tuple[str, object, object
              ("tokenizer fingerprint", a.tokenizer.fingerprint[:12], b.tokenizer.fingerprint[:12]),
              ("template fingerprint", a.template.fingerprint[:12], b.template.fingerprint[:12]),
              ("inputs", [i.path for i in a.inputs], [i.path for i in b.inputs])]
-    ca, cb = a.config.to_json(), b.config.to_json()
-    pairs += [(f.name, ca[f.name], cb[f.name]) for f in fields(BuildConfig)
-              if f.name not in IGNORED_SETTINGS | {"tokenizer"}]
+    pairs += [(name, va, vb) for (name, va), (_, vb) in zip(output_settings(a.config), output_settings(b.config))
+              if name != "tokenizer"]
     return [(k, va, vb) for k, va, vb in pairs if va != vb]
 
 
@@ -235,7 +230,7 @@ def print_diff(console: Console, d: BuildDiff, vocab_a, vocab_b, limit: int, tok
         console.print(f"warning: {warning}", style="bold yellow", markup=False)
     if d.settings:
         console.print(_table("settings that differ", ("setting", "A", "B"),
-                             [(k, str(va), str(vb)) for k, va, vb in d.settings]))
+                             [(k, readable(va), readable(vb)) for k, va, vb in d.settings]))
     summary = Table(show_header=False, box=None)
     summary.add_column(style="bold")
     summary.add_column(justify="right")
@@ -306,7 +301,8 @@ def diff_payload(d: BuildDiff, vocab_a, vocab_b, max_docs: int = 5000) -> dict:
         ids_a, ids_b, mask_a, mask_b = d.a.ids(doc.a), d.b.ids(doc.b), d.a.mask(doc.a), d.b.mask(doc.b)
         entry = {"key": doc.key, "sid": doc.source_id, "title": f"{doc.label} · {d.a.where(doc.source_id)}",
                  "info": (f"{doc.changed:,} tokens differ · trained {doc.trained_a:,} → {doc.trained_b:,} "
-                          f"(+{doc.gained:,} −{doc.lost:,}) · {doc.tokens_a:,} tokens in A, {doc.tokens_b:,} in B"),
+                          f"(+{doc.gained:,} −{doc.lost:,}) · {doc.tokens_a:,} tokens in A, "
+                          f"{doc.tokens_b:,} in B"),
                  "cats": ["masks differ" if doc.status == "mask" else "token ids differ"]
                  + [_category(t) for t in doc.tags if not t.startswith("token ids differ")],
                  "tags": list(doc.tags), "ma": mask_string(mask_a), "mb": mask_string(mask_b)}
@@ -329,7 +325,8 @@ def diff_payload(d: BuildDiff, vocab_a, vocab_b, max_docs: int = 5000) -> dict:
             (ids_a_used if side == 0 else ids_b_used).append(ids)
             docs.append({"key": "ab"[side] + document_key(r["source_id"], r["piece"]), "sid": r["source_id"],
                          "side": side, "title": f"source {r['source_id']} · {r['where']} · only in {name}",
-                         "info": f"{r['tokens']:,} tokens · {r['trained']:,} trained · the other build: {r['other']}",
+                         "info": f"{r['tokens']:,} tokens · {r['trained']:,} trained · the other build: "
+                                 f"{r['other']}",
                          "cats": [f"only in {name}"], "tags": [], "ids": ids.tolist(),
                          "ma": mask_string(data.mask(r["doc"]))})
     same_tok = vocab_b is vocab_a
@@ -340,7 +337,7 @@ def diff_payload(d: BuildDiff, vocab_a, vocab_b, max_docs: int = 5000) -> dict:
     tables = []
     if d.settings:
         tables.append({"title": "Settings that differ", "columns": ["setting", name_a, name_b],
-                       "rows": [[k, str(va), str(vb)] for k, va, vb in d.settings]})
+                       "rows": [[k, readable(va), readable(vb)] for k, va, vb in d.settings]})
     for name, items, side in ((name_a, d.only_a, "a"), (name_b, d.only_b, "b")):
         if items:
             tables.append({"title": f"Only in {name} ({len(items):,})",
@@ -348,15 +345,19 @@ def diff_payload(d: BuildDiff, vocab_a, vocab_b, max_docs: int = 5000) -> dict:
                            "columns": ["source", "record", "tokens", "trained", "the other build"],
                            "rows": [[{"text": str(r["source_id"]), "doc": side + document_key(r["source_id"],
                                                                                              r["piece"])},
-                                     r["where"], r["tokens"], r["trained"], r["other"]] for r in items[:200]]})
+                                     r["where"], r["tokens"], r["trained"], r["other"]] for r in items[:max_docs]]})
     if d.docs:
         tables.append({"title": f"Most changed documents ({len(d.docs):,} differ)",
                        "note": "worst first; the source links to the document below",
                        "columns": ["source", "record", "status", "tokens differing", "gained", "lost", "what"],
                        "rows": [[{"text": doc.label, "doc": doc.key}, d.a.where(doc.source_id), doc.status,
-                                 doc.changed, doc.gained, doc.lost, "; ".join(doc.tags)] for doc in d.docs[:50]]})
+                                 doc.changed, doc.gained, doc.lost, "; ".join(doc.tags)]
+                                for doc in d.docs[:max_docs]]})
+    shown = f"the {len(docs):,} documents on this page"
+    if len(d.docs) > max_docs:
+        shown += f" (of the {len(d.docs):,} that differ, the {max_docs:,} most changed)"
     return {"kind": "diff", "summary": d.summary(), "notes": notes, "tables": tables,
-            "legend": {"a": name_a, "b": name_b},
+            "legend": {"a": name_a, "b": name_b}, "search": shown,
             "vocab": [vocab_table(vocab_a, ids_a_used + (ids_b_used if same_tok else [])),
                       "same" if same_tok else vocab_table(vocab_b, ids_b_used)],
             "docs": docs}

@@ -10,9 +10,10 @@ filters run over the JSON. All data reaches the DOM through textContent, never a
 Payload (the JSON): title, summary [[label, value, note]], notes [{level, text}], tables
 [{title, note, columns, rows}] (a cell may be {"text", "doc"}: a link to a document), legend
 {a, b}, vocab [A's, B's] ({id: [text, kind]}; null: show ids; B's "same": A's), docs [{key, sid, title,
-info, cats, tags, and either ids + ma + mb (one token sequence, two masks as "0"/"1" strings) or ids_a, ids_b, ma, mb, ea, eb
-(two sequences; ea/eb flag tokens matched in the other)}]; a document one build alone holds has ids
-and ma only, and side 1 when it is B's. `page` adds page_size and tokens_shown.
+info, cats, tags, and either ids + ma + mb (one token sequence, two masks as "0"/"1" strings) or ids_a,
+ids_b, ma, mb, ea, eb (two sequences; ea/eb flag tokens matched in the other)}]; a document one build
+alone holds has ids and ma only, and side 1 when it is B's; search: which documents the search box
+searches. `page` adds the page sizes and tokens_shown.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from importlib.resources import files
 
 import numpy as np
 
-PAGE_SIZE = 20
+PAGE_SIZE = 20  # documents per page
+TABLE_PAGE_SIZE = 25  # rows of a table per page
 TOKENS_SHOWN = 3000  # tokens rendered per document before a "show all" button
 
 
@@ -54,7 +56,7 @@ def _static(name: str) -> str:
 
 def page(title: str, subtitle: list[str], charts: list[str], payload: dict, banner: str = "") -> str:
     esc = html.escape
-    data = {**payload, "page_size": PAGE_SIZE, "tokens_shown": TOKENS_SHOWN}
+    data = {**payload, "page_size": PAGE_SIZE, "table_page_size": TABLE_PAGE_SIZE, "tokens_shown": TOKENS_SHOWN}
     sub = "".join(f"<div>{esc(line)}</div>" for line in subtitle)
     banner_html = f'<div class="banner">{esc(banner)}</div>' if banner else ""
     return f"""<!DOCTYPE html>
@@ -78,6 +80,7 @@ embedded in the page (script id="data").</noscript></div></section>
 <div id="legend" class="legend"></div>
 <div class="controls"><input id="q" type="search" placeholder="search text, or #source-id" aria-label="search">
 <select id="cat" aria-label="category"></select><span id="count" class="muted"></span></div>
+<div id="scope" class="muted"></div>
 <div class="pager" id="pager-top"></div><div id="docs"></div><div class="pager" id="pager-bottom"></div>
 </section>
 </main>

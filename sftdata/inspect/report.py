@@ -23,15 +23,16 @@ from rich.markup import escape
 from ..comparators import response_template_mask, train_everything_mask
 from ..options import setting
 from .alignment import classify
-from .build_data import COMPARATOR_WARNING, BuildData, DocIndex, document_key
+from .build_data import COMPARATOR_WARNING, BuildData, DocIndex, document_key, output_settings, readable
 from .charts import distribution_charts
 from .page import mask_string, page, vocab_table
-from .stats import build_stats
+from .stats import document_stats, input_rows, manifest_checks
 from .terminal import add_command, make_console
 from .vocab import Vocab, VocabSettings, load_vocab
 
 REPORT = "report.html"
 PER_CATEGORY = 5
+REJECTS_SHOWN = 20  # per reason
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Baseline:
 
 def choose_baseline(data: BuildData, vocab: Vocab | None) -> tuple[Baseline, str | None]:
     template = data.config.response_template
-    everything = Baseline("baseline: train every token", None)
+    everything = Baseline("train every token", None)
     if data.is_comparator:
         return everything, None
     if not template:
@@ -61,7 +62,7 @@ def choose_baseline(data: BuildData, vocab: Vocab | None) -> tuple[Baseline, str
     if vocab is None:
         return everything, (f"the response template {template!r} cannot be tokenized without the build's "
                             "tokenizer; the baseline is train-every-token instead")
-    return Baseline(f"baseline: response template {template!r}", vocab.encode(template)), None
+    return Baseline(f"response template {template!r}", vocab.encode(template)), None
 
 
 def first_matches(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, pattern: np.ndarray) -> np.ndarray:
@@ -87,9 +88,17 @@ def baseline_counts(data: BuildData, baseline: Baseline) -> dict[str, np.ndarray
     """Per document: tokens the baseline trains, tokens where its mask differs from the build's, and
     (response template) whether the template was found."""
     d: DocIndex = data.docs
+    found = np.ones(len(d), dtype=bool)
+    if baseline.template_ids is None:
+        # every token but the first: it differs where the build masks a later token or trains the first
+        first = np.zeros(len(d), dtype=np.int64)
+        for seg_no, seg in enumerate(data.segments):
+            sel = np.flatnonzero(d.segment == seg_no)
+            first[sel] = seg.loss_mask[d.start[sel]]
+        return {"trained": np.maximum(d.length - 1, 0), "differ": d.length - 1 - d.trained + 2 * first,
+                "found": found}
     trained_b = np.zeros(len(d), dtype=np.int64)
     differ = np.zeros(len(d), dtype=np.int64)
-    found = np.ones(len(d), dtype=bool)
     for seg_no, seg in enumerate(data.segments):
         sel = np.flatnonzero(d.segment == seg_no)
         if not sel.size:
@@ -97,12 +106,6 @@ def baseline_counts(data: BuildData, baseline: Baseline) -> dict[str, np.ndarray
         starts, lengths = d.start[sel], d.length[sel]
         ends = starts + lengths
         csum = np.concatenate([[0], np.cumsum(seg.loss_mask, dtype=np.int64)])
-        trained = csum[ends] - csum[starts]
-        if baseline.template_ids is None:
-            first = seg.loss_mask[starts].astype(np.int64)
-            trained_b[sel] = np.maximum(lengths - 1, 0)
-            differ[sel] = lengths - 1 - trained + 2 * first
-            continue
         order = np.argsort(starts, kind="stable")
         at = np.empty(len(sel), dtype=np.int64)
         at[order] = first_matches(seg.input_ids, starts[order], ends[order], baseline.template_ids)
@@ -114,26 +117,36 @@ def baseline_counts(data: BuildData, baseline: Baseline) -> dict[str, np.ndarray
     return {"trained": trained_b, "differ": differ, "found": found}
 
 
+def first_k(k: int, *keys: np.ndarray) -> np.ndarray:
+    """Positions of the k first entries in the order of `keys` (the first key first), ties by position:
+    `np.lexsort((positions, *reversed(keys)))[:k]`, without sorting every entry."""
+    candidates = np.arange(len(keys[0]))
+    if len(candidates) > k:
+        kth = np.partition(keys[0], k - 1)[k - 1]
+        candidates = np.flatnonzero(keys[0] <= kth)
+    return candidates[np.lexsort((candidates, *(key[candidates] for key in reversed(keys))))][:k]
+
+
 def select_documents(d: DocIndex, max_length: int | None, differ: np.ndarray | None = None,
                      k: int = PER_CATEGORY, seed: int = 0) -> list[tuple[int, list[str]]]:
     """Documents worth a look, as (document number, categories), each document once, in category order."""
     n = len(d)
     if n == 0:
         return []
-    idx = np.arange(n)
     ratio = d.ratio
+    multi = np.flatnonzero(d.runs > 1)
     picks: list[tuple[str, np.ndarray]] = [
-        ("multi-turn", idx[d.runs > 1][np.lexsort((-d.length[d.runs > 1], -d.runs[d.runs > 1]))][:k]),
-        ("longest", np.lexsort((idx, -d.length))[:k]),
-        ("most trained", np.lexsort((idx, -ratio))[:k]),
-        ("least trained", np.lexsort((idx, ratio))[:k]),
+        ("multi-turn", multi[first_k(k, -d.runs[multi], -d.length[multi])]),
+        ("longest", first_k(k, -d.length)),
+        ("most trained", first_k(k, -ratio)),
+        ("least trained", first_k(k, ratio)),
     ]
     if max_length:
-        near = idx[d.length >= 0.9 * max_length]
-        picks.append(("near length limit", near[np.lexsort((near, -d.length[near]))][:k]))
+        near = np.flatnonzero(d.length >= 0.9 * max_length)
+        picks.append(("near length limit", near[first_k(k, -d.length[near])]))
     if differ is not None:
-        hit = idx[differ > 0]
-        picks.append(("differs most from baseline", hit[np.lexsort((hit, -differ[hit]))][:k]))
+        hit = np.flatnonzero(differ > 0)
+        picks.append(("differs most from baseline", hit[first_k(k, -differ[hit])]))
     rng = np.random.default_rng(seed)
     picks.append(("random", np.sort(rng.choice(n, size=min(k, n), replace=False))))
     chosen: dict[int, list[str]] = {}
@@ -149,7 +162,7 @@ def report_payload(data: BuildData, vocab: Vocab | None, notes: list[str], per_c
     baseline, note = choose_baseline(data, vocab)
     notes = notes + ([note] if note else [])
     counts = baseline_counts(data, baseline)
-    stats = build_stats(data)
+    stats = document_stats(data)
     picks = select_documents(data.docs, data.max_length, counts["differ"], per_category, seed)
     docs, ids_used = [], []
     for doc, cats in picks:
@@ -160,77 +173,71 @@ def report_payload(data: BuildData, vocab: Vocab | None, notes: list[str], per_c
         sid = int(data.docs.source_id[doc])
         docs.append({"key": document_key(sid, int(data.docs.piece[doc])), "sid": sid,
                      "title": f"{data.source_label(doc)} · {data.where(sid)}",
-                     "info": f"{data.position(doc)} · {data.size(doc)} · {int(data.docs.runs[doc])} trained run(s) · "
-                             f"baseline trains {int(base.sum()):,}",
+                     "info": f"{data.position(doc)} · {data.size(doc)} · {int(data.docs.runs[doc])} trained "
+                             f"run(s) · baseline trains {int(base.sum()):,}",
                      "cats": cats, "tags": tags, "ids": ids.tolist(),
                      "ma": mask_string(mask), "mb": mask_string(base)})
-    s = stats
+    c = data.manifest.counts
+    reasons = ", ".join(f"{k} {v:,}" for k, v in c.rejected_by_reason.items())
     summary = [
-        ("records", f"{s['records']:,}" if s["records"] is not None else "?", "input records read"),
-        ("documents", f"{s['documents']:,}", f"{s['multi_turn_documents']:,} with 2+ trained runs"),
-        ("rejected", f"{s['rejected']:,}",
-         ", ".join(f"{k} {v:,}" for k, v in s["rejected_by_reason"].items()) or "none"),
-        ("tokens", f"{s['tokens']:,}", ""),
-        ("trained tokens", f"{s['trained_tokens']:,}", f"{s['trained_ratio']:.1%} of tokens"),
+        ("records", f"{c.records:,}", "input records read"),
+        ("documents", f"{stats['documents']:,}", f"{stats['multi_turn_documents']:,} with 2+ trained runs"),
+        ("rejected", f"{c.rejected:,}", reasons or "none"),
+        ("tokens", f"{stats['tokens']:,}", ""),
+        ("trained tokens", f"{stats['trained_tokens']:,}", f"{stats['trained_ratio']:.1%} of tokens"),
     ]
     differing = int((counts["differ"] > 0).sum())
     summary.append(("baseline trains", f"{int(counts['trained'].sum()):,}",
-                    f"tokens ({baseline.name.removeprefix('baseline: ')}); its mask differs from this build's "
-                    f"in {differing:,} of {len(data.docs):,} documents"))
+                    f"tokens ({baseline.name}); its mask differs from this build's in {differing:,} of "
+                    f"{len(data.docs):,} documents"))
     if baseline.template_ids is not None:
-        missing = int((~counts["found"]).sum())
-        summary.append(("template not found", f"{missing:,}",
+        summary.append(("template not found", f"{int((~counts['found']).sum()):,}",
                         "documents where the response template's ids do not occur: the classic approach "
                         "trains nothing in them"))
-    if s["length"]:
-        ln = s["length"]
-        summary.append(("document length", f"{ln['p50']:,}",
-                        f"median; p90 {ln['p90']:,}, max {ln['max']:,} tokens"))
-    summary.append(("truncated", f"{s['truncated']:,}", f"over-long policy: {data.config.overlong.value}"))
-    fill = f"fill {s['fill']:.1%} of rows × max length {s['max_length']:,}" if s["fill"] is not None else ""
-    summary.append(("rows", f"{s['rows']:,}", "; ".join(filter(None, ["packed" if s["packed"] else
-                                                                     "one document per row", fill]))))
+    if stats["length"]:
+        ln = stats["length"]
+        summary.append(("document length", f"{ln['p50']:,}", f"median; p90 {ln['p90']:,}, max {ln['max']:,} tokens"))
+    summary.append(("truncated", f"{c.truncated:,}", f"over-long policy: {data.config.overlong.value}"))
+    fill = (f"fill {stats['fill']:.1%} of rows × max length {stats['max_length']:,}" if stats["fill"] is not None
+            else "")
+    summary.append(("rows", f"{stats['rows']:,}", "; ".join(filter(None, [
+        "packed" if stats["packed"] else "one document per row", fill]))))
     tables = []
-    if data.rejects:
+    if c.rejected:
         rows = [[r.get("source_id"), data.where(r["source_id"]) if "source_id" in r else "", r.get("reason"),
-                 r.get("detail")] for r in _sample_rejects(data.rejects, 20)]
-        tables.append({"title": f"Rejected records ({len(data.rejects):,})",
-                       "note": "not in the shards; up to 20 per reason (all are in rejects.jsonl)",
+                 r.get("detail")] for r in data.rejects_sample(REJECTS_SHOWN)]
+        tables.append({"title": f"Rejected records ({c.rejected:,})",
+                       "note": f"not in the shards; up to {REJECTS_SHOWN} per reason (all are in rejects.jsonl)",
                        "columns": ["source", "record", "reason", "detail"], "rows": rows})
-    if len(s["inputs"]) > 1:
+    inputs = input_rows(data)
+    if len(inputs) > 1:
         tables.append({"title": "Per input file", "columns": ["input", "format", "records", "documents",
                                                             "tokens", "trained", "rejected"],
                        "rows": [[i["path"], i["format"], f"{i['records']:,}", f"{i['documents']:,}",
                                  f"{i['tokens']:,}", f"{i['trained_tokens']:,} ({i['trained_ratio']:.0%})",
-                                 f"{i['rejected']:,}"] for i in s["inputs"]]})
+                                 f"{i['rejected']:,}"] for i in inputs]})
+    checks = manifest_checks(data, stats, data.rejects_written())
     payload = {
         "kind": "report", "summary": summary,
-        "notes": [{"level": "warn", "text": n} for n in notes + s["checks"]],
-        "tables": tables, "legend": {"a": "this build", "b": baseline.name.replace("baseline: ", "the baseline, ")},
+        "notes": [{"level": "warn", "text": n} for n in notes + checks],
+        "tables": tables, "legend": {"a": "this build", "b": f"the baseline ({baseline.name})"},
+        "search": f"the {len(docs):,} documents sampled of {len(data.docs):,} (`sftdata view {data.path} --grep "
+                  "TEXT` searches them all)",
         "vocab": [vocab_table(vocab, ids_used), "same"], "docs": docs,
     }
     return payload, distribution_charts([("this build", data, "#2da44e")])
 
 
-def _sample_rejects(rejects: list[dict], per_reason: int) -> list[dict]:
-    seen: dict[str, int] = {}
-    out = []
-    for r in rejects:
-        reason = r.get("reason", "?")
-        if seen.get(reason, 0) < per_reason:
-            seen[reason] = seen.get(reason, 0) + 1
-            out.append(r)
-    return out
-
-
 def subtitle(data: BuildData) -> list[str]:
-    m, c = data.manifest, data.config
+    m = data.manifest
     tok, tpl = m.tokenizer, m.template
+    settings = [f"{name} {readable(value)}" for name, value in output_settings(data.config)
+                if name not in ("tokenizer", "chat template")]
     return [data.describe(),
             f"tokenizer {tok.name} (fingerprint {tok.fingerprint[:12]}, {tok.vocab_size:,} tokens) · template "
-            f"from {tpl.source} · reply header {tpl.header!r} · end of turn {tpl.end_of_turn!r}",
-            f"max length {c.max_length} · over-long {c.overlong.value} · special text {c.special_text.value} · "
-            f"{'packed' if c.pack else 'not packed'} · sftdata {m.sftdata_version}"]
+            f"from {tpl.source} · reply header {tpl.header!r} · end of turn {tpl.end_of_turn!r} · sftdata "
+            f"{m.sftdata_version}",
+            "settings: " + " · ".join(settings)]
 
 
 def write_report(data: BuildData, out: str | Path | None = None, tokenizer: str | None = None,

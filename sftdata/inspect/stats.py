@@ -1,14 +1,15 @@
 """`sftdata stats`: the numbers to check before training, from a finished build.
 
-`build_stats` is polars over the document index (build_data.py), rejects.jsonl and the manifest; the
+`build_stats` is numpy over the document index (build_data.py), rejects.jsonl and the manifest; the
 dataset is not read again. `checks` lists any disagreement between the manifest's counts and the files.
+The report shows the same numbers, through `document_stats` and `input_rows`.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -18,95 +19,89 @@ from ..options import setting
 from .build_data import COMPARATOR_WARNING, BuildData
 from .terminal import add_command, make_console
 
-if TYPE_CHECKING:
-    import polars as pl
-
 
 @dataclass(frozen=True)
 class StatsSettings:
     json: bool = setting(False, "print JSON for machines")
 
 
-def documents_frame(data: BuildData) -> pl.DataFrame:
-    """One row per document: number, source id, piece, row, input, length, trained tokens, trained runs."""
-    import polars as pl  # not at the top: see build_stats
-
-    d = data.docs
-    return pl.DataFrame({
-        "doc": np.arange(len(d)), "source_id": d.source_id, "piece": d.piece, "row": d.row,
-        "input": data.input_of(d.source_id) if len(d) else np.zeros(0, np.int64),
-        "length": d.length, "trained": d.trained, "runs": d.runs,
-    })
-
-
-def _percentiles(col: pl.Series, qs=(0.5, 0.9, 0.99)) -> dict:
-    if col.len() == 0:
+def percentiles(values: np.ndarray, qs=(0.5, 0.9, 0.99)) -> dict:
+    """min, nearest-rank percentiles, max and mean; {} when there are no values."""
+    if not len(values):
         return {}
-    integer = col.dtype.is_integer()
-    out = {"min": col.min(), **{f"p{round(q * 100)}": col.quantile(q, "nearest") for q in qs}, "max": col.max()}
-    out = {k: (int(v) if integer else round(float(v), 4)) for k, v in out.items()}
-    out["mean"] = round(float(col.mean()), 2 if integer else 4)
+    ordered = np.sort(values)
+    integer = ordered.dtype.kind in "iu"
+    picked = {"min": ordered[0], **{f"p{round(q * 100)}": ordered[round(q * (len(ordered) - 1))] for q in qs},
+              "max": ordered[-1]}
+    out = {k: (int(v) if integer else round(float(v), 4)) for k, v in picked.items()}
+    out["mean"] = round(float(values.mean()), 2 if integer else 4)
     return out
 
 
-def build_stats(data: BuildData) -> dict:
-    """The numbers of a build, JSON-ready: documents, tokens, trained tokens, lengths, rows and fill,
-    rejects by reason, per input file; `checks` lists any disagreement with the manifest's counts."""
-    import polars as pl  # here, not at the top: every `sftdata` command would pay a tenth of a second for it
-
-    m, counts = data.manifest, data.manifest.counts
-    docs = documents_frame(data).with_columns((pl.col("trained") / pl.col("length")).alias("ratio"))
-    rejects = pl.DataFrame(data.rejects, schema={"source_id": pl.Int64, "reason": pl.Utf8, "detail": pl.Utf8})
-    if data.manifest.inputs:
-        rejects = rejects.with_columns(pl.Series("input", data.input_of(rejects["source_id"].to_numpy())))
-    else:
-        rejects = rejects.with_columns(pl.lit(0).alias("input"))
-    tokens, trained = int(docs["length"].sum()), int(docs["trained"].sum())
+def document_stats(data: BuildData) -> dict:
+    """What the shards hold, from the document index alone: documents, tokens, trained tokens, lengths,
+    trained ratios, rows and fill."""
+    d = data.docs
+    tokens, trained = int(d.length.sum()), int(d.trained.sum())
     max_length = data.max_length
-    out = {
-        "build": str(data.path),
-        "masker": data.config.masker.value,
-        "comparator": data.is_comparator,
-        "records": counts.records,
-        "documents": docs.height,
+    return {
+        "documents": len(d),
         "tokens": tokens,
         "trained_tokens": trained,
         "trained_ratio": round(trained / tokens, 4) if tokens else 0.0,
-        "length": _percentiles(docs["length"]),
-        "trained_ratio_per_document": _percentiles(docs["ratio"], (0.1, 0.5, 0.9)),
-        "multi_turn_documents": int((docs["runs"] > 1).sum()),
-        "untrained_documents": int((docs["trained"] == 0).sum()),
-        "truncated": counts.truncated,
+        "length": percentiles(d.length),
+        "trained_ratio_per_document": percentiles(d.ratio, (0.1, 0.5, 0.9)),
+        "multi_turn_documents": int((d.runs > 1).sum()),
+        "untrained_documents": int((d.trained == 0).sum()),
         "rows": data.rows,
         "packed": data.packed,
         "max_length": max_length,
         "fill": round(tokens / (data.rows * max_length), 4) if max_length and data.rows else None,
-        "rejected": rejects.height,
-        "rejected_by_reason": dict(sorted(
-            (r, int(n)) for r, n in rejects.group_by("reason").len().iter_rows())),
     }
-    per_doc = docs.group_by("input").agg(pl.len().alias("documents"), pl.col("length").sum().alias("tokens"),
-                                         pl.col("trained").sum().alias("trained_tokens"))
-    per_doc = {r["input"]: r for r in per_doc.iter_rows(named=True)}
-    inputs = []
-    for i, info in enumerate(m.inputs):
-        row = per_doc.get(i, {"documents": 0, "tokens": 0, "trained_tokens": 0})
-        mine = rejects.filter(pl.col("input") == i)
-        inputs.append({
-            "path": info.path, "format": info.format, "records": info.records,
-            "documents": int(row["documents"]), "tokens": int(row["tokens"]),
-            "trained_tokens": int(row["trained_tokens"]),
-            "trained_ratio": round(row["trained_tokens"] / row["tokens"], 4) if row["tokens"] else 0.0,
-            "rejected": mine.height,
-            "rejected_by_reason": dict(sorted((r, int(n)) for r, n in mine.group_by("reason").len().iter_rows())),
-        })
-    out["inputs"] = inputs
-    checks = []
-    for key, value in (("documents", docs.height), ("tokens", tokens), ("trained_tokens", trained),
-                       ("rows", data.rows), ("rejected", rejects.height)):
-        if getattr(counts, key) != value:
-            checks.append(f"manifest counts {getattr(counts, key):,} {key}, the build's files hold {value:,}")
-    out["checks"] = checks
+
+
+def input_rows(data: BuildData) -> list[dict]:
+    """Per input file: records and rejects as the manifest counts them, documents and tokens as the
+    shards hold them."""
+    inputs = data.manifest.inputs
+    d = data.docs
+    which = data.input_of(d.source_id) if len(d) else np.zeros(0, np.int64)
+    documents = np.bincount(which, minlength=len(inputs))
+    tokens = np.bincount(which, weights=d.length, minlength=len(inputs)).astype(np.int64)
+    trained = np.bincount(which, weights=d.trained, minlength=len(inputs)).astype(np.int64)
+    return [{"path": info.path, "format": info.format, "records": info.records, "documents": int(documents[i]),
+             "tokens": int(tokens[i]), "trained_tokens": int(trained[i]),
+             "trained_ratio": round(trained[i] / tokens[i], 4) if tokens[i] else 0.0, "rejected": info.rejected}
+            for i, info in enumerate(inputs)]
+
+
+def manifest_checks(data: BuildData, stats: dict, rejected: int) -> list[str]:
+    """Where the manifest's counts disagree with what the build's files hold (`rejected`: the lines of
+    rejects.jsonl)."""
+    counts = data.manifest.counts
+    held = {"documents": stats["documents"], "tokens": stats["tokens"], "trained_tokens": stats["trained_tokens"],
+            "rows": stats["rows"], "rejected": rejected}
+    return [f"manifest counts {getattr(counts, key):,} {key}, the build's files hold {value:,}"
+            for key, value in held.items() if getattr(counts, key) != value]
+
+
+def _by_reason(rejects: list[dict]) -> dict[str, int]:
+    return dict(sorted(Counter(r.get("reason", "?") for r in rejects).items()))
+
+
+def build_stats(data: BuildData) -> dict:
+    """The numbers of a build, JSON-ready: documents, tokens, trained tokens, lengths, rows and fill,
+    rejects by reason (read from rejects.jsonl), per input file; `checks` lists any disagreement with the
+    manifest's counts."""
+    counts, rejects = data.manifest.counts, data.rejects
+    stats = document_stats(data)
+    out = {"build": str(data.path), "masker": data.config.masker.value, "comparator": data.is_comparator,
+           "records": counts.records, **stats, "truncated": counts.truncated, "rejected": len(rejects),
+           "rejected_by_reason": _by_reason(rejects)}
+    reject_input = data.input_of([r["source_id"] for r in rejects]) if data.manifest.inputs else []
+    out["inputs"] = [row | {"rejected_by_reason": _by_reason([r for r, i in zip(rejects, reject_input) if i == n])}
+                     for n, row in enumerate(input_rows(data))]
+    out["checks"] = manifest_checks(data, stats, len(rejects))
     return out
 
 
@@ -115,8 +110,8 @@ def build_stats(data: BuildData) -> dict:
 def add_parser(sub) -> None:
     add_command(sub, "stats", run, {"OUT": "a build folder (holds manifest.json)"}, (StatsSettings,),
                 help="numbers of a build: documents, tokens, trained ratio, lengths, fill, rejects",
-                description="Counts of a finished build, computed from its shards, rejects.jsonl and manifest "
-                            "(polars); the dataset is not read again.")
+                description="Counts of a finished build, computed from its shards, rejects.jsonl and "
+                            "manifest; the dataset is not read again.")
 
 
 def run(data: BuildData, settings: StatsSettings) -> int:

@@ -192,4 +192,5 @@ def legend(plain: bool, names: tuple[str, str] | None = None) -> str:
         lanes = (f"[bold underline green]trained in both[/] [bold underline white on red3]trained in "
                  f"{escape(names[0])} only[/] [bold underline black on yellow3]trained in {escape(names[1])} "
                  "only[/] [dim]masked in both[/]")
-    return lanes + " [on grey23]alternate[/] tokens shaded · [dim]· space → tab ↵ newline[/] [magenta]special[/]"
+    return (lanes + " [on grey23]alternate[/] tokens shaded · [dim]· space → tab ↵ newline[/] "
+            "[magenta]special[/]")

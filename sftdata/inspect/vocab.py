@@ -7,14 +7,15 @@ fingerprint; when it cannot be loaded, or is another tokenizer, callers get the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from ..manifest import Manifest
 from ..options import setting
 from ..token_bytes import Spelling
-from ..tokenizer import load_tokenizer
+from ..tokenizer import ModelTokenizer, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -28,74 +29,78 @@ class _Pieces:
         return [self.piece(i) for i in np.asarray(ids).tolist()]
 
 
-@dataclass
 class Vocab(_Pieces):
     """How token ids read. `piece(id)` is (text, kind): the token's own text with its whitespace, kind
     'text', 'special' (a special token), 'bytes' (part of a UTF-8 character, shown as \\xNN escapes) or
-    'unknown' (an id the tokenizer does not have)."""
+    'unknown' (an id the tokenizer does not have).
 
-    backend: object  # tokenizers.Tokenizer
-    name: str
-    _cache: dict = field(default_factory=dict, repr=False)
+    Pieces come from the table of the bytes each token spells that the tokenizer's cache entry holds
+    (byte-level BPE vocabularies), so a report or a view need not parse the tokenizer itself: that costs
+    half a second for Llama 3's. Other vocabularies are spelled through the parsed tokenizer."""
 
-    def __post_init__(self):
-        self._spell = Spelling(self.backend)
-        self._added = {i: (t.content, bool(t.special)) for i, t in self.backend.get_added_tokens_decoder().items()}
+    def __init__(self, tokenizer: ModelTokenizer):
+        self.tokenizer = tokenizer
+        self.name = tokenizer.name
+        specials = set(tokenizer.special_texts)
+        self._added = {i: (text, "special" if text in specials else "text")
+                       for text, i in tokenizer.added_ids.items()}
+        self._cache: dict[int, tuple[str, str]] = {}
 
     def piece(self, token_id: int) -> tuple[str, str]:
         token_id = int(token_id)
         hit = self._cache.get(token_id)
         if hit is None:
-            hit = self._cache[token_id] = self._piece(token_id)
+            hit = self._cache[token_id] = self._added.get(token_id) or self._piece(token_id)
         return hit
 
     def _piece(self, token_id: int) -> tuple[str, str]:
-        if token_id in self._added:
-            content, special = self._added[token_id]
-            return content, "special" if special else "text"
-        raw = self.backend.id_to_token(token_id)
-        if raw is None:
-            return f"<id {token_id}>", "unknown"
-        data = self._spell(token_id)
+        data = self._spelled(token_id)
         if data is None:
-            return raw, "text"
+            raw = self.tokenizer.backend.id_to_token(token_id)
+            return (f"<id {token_id}>", "unknown") if raw is None else (raw, "text")
         try:
             return data.decode("utf-8"), "text"
         except UnicodeDecodeError:
             return data.decode("utf-8", errors="backslashreplace"), "bytes"
 
+    def _spelled(self, token_id: int) -> bytes | None:
+        table = self.tokenizer.token_bytes
+        if table is not None and 0 <= token_id < len(table.lengths) and table.lengths[token_id]:
+            start = int(table.starts[token_id])
+            return table.buffer[start : start + int(table.lengths[token_id])].tobytes()
+        return self._spelling(token_id)
+
+    @cached_property
+    def _spelling(self) -> Spelling:
+        return Spelling(self.tokenizer.backend)
+
     def encode(self, text: str) -> np.ndarray:
         """Token ids of `text` alone, no special tokens added: how the build tokenizes a response template."""
-        return np.asarray(self.backend.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        return np.asarray(self.tokenizer.backend.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
     def decode(self, ids) -> str:
-        return self.backend.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
+        return self.tokenizer.backend.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
 
 
 def load_vocab(manifest: Manifest, tokenizer: str | None = None) -> tuple[Vocab | None, str | None]:
     """The build's tokenizer (or `tokenizer`), checked against the manifest's fingerprint.
 
-    Returns (vocab, None), or (None, why not): then callers show ids. Loaded through transformers, as the
-    build loads it (transformers rebuilds some tokenizers, so tokenizer.json alone can differ)."""
+    Returns (vocab, None), or (None, why not): then callers show ids. Loaded as the build loads it
+    (through transformers, or the build's cache of what transformers loaded: transformers rebuilds some
+    tokenizers, so tokenizer.json alone can differ)."""
     name = tokenizer or manifest.config.tokenizer or manifest.tokenizer.name
     if not name:
         return None, "the manifest names no tokenizer; showing token ids"
     expected = manifest.tokenizer.fingerprint
     try:
-        backend, fingerprint = _load_backend(str(name))
+        loaded = load_tokenizer(str(name), require_template=False)
     except Exception as err:  # transformers raises many kinds; all mean "not loadable here"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return None, f"cannot load the tokenizer {name!r} ({first}); showing token ids"
-    if expected and fingerprint != expected:
+    if expected and loaded.fingerprint != expected:
         return None, (f"the tokenizer at {name!r} is not the one this build used (fingerprint differs); "
                       "showing token ids (pass --tokenizer with the build's tokenizer)")
-    return Vocab(backend, str(name)), None
-
-
-def _load_backend(name: str):
-    """(backend, fingerprint) of the tokenizer as the build loads it (cached after the build, so fast)."""
-    tok = load_tokenizer(name, require_template=False)
-    return tok.backend, tok.fingerprint
+    return Vocab(loaded), None
 
 
 class IdsVocab(_Pieces):

@@ -63,7 +63,7 @@ def test_train_on_last_drops_every_earlier_turn(builds):
         assert doc.tags == (f"B trains only the last of A's {len(turns)} trained turns",)
         lost += len(earlier)
     assert d.lost == lost and d.gained == 0
-    assert ("train_on", "assistant", "last") in d.settings
+    assert ("train on", "assistant", "last") in d.settings
 
 
 def test_comparator_trains_every_prompt_after_the_first_reply_header(builds):

@@ -11,17 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sftdata.cli import main
 from sftdata.comparators import response_template_mask
 from sftdata.config import Masker, TrainOn
 from sftdata.inspect.build_data import BuildData, DocIndex
+from sftdata.inspect.charts import distribution_charts, length_bins
 from sftdata.inspect.diff import diff_builds, diff_payload
 from sftdata.inspect.page import PAGE_SIZE, embed_json
 from sftdata.inspect.report import (
     REPORT,
     Baseline,
     baseline_counts,
+    first_k,
     first_matches,
     report_payload,
     select_documents,
@@ -184,8 +188,8 @@ def test_first_matches_is_find_subsequence_for_every_document():
 
 
 def test_sentencepiece_report_counts_the_template_never_found(tmp_path):
-    out = make_build(tmp_path, "spm", tokenizer=fixture_tokenizer("llama2-spm"), chat_template=plain_template(tmp_path),
-                     response_template="### Assistant:")
+    out = make_build(tmp_path, "spm", tokenizer=fixture_tokenizer("llama2-spm"),
+                     chat_template=plain_template(tmp_path), response_template="### Assistant:")
     data = BuildData(out)
     vocab, note = load_vocab(data.manifest)
     assert note is None
@@ -198,7 +202,7 @@ def test_sentencepiece_report_counts_the_template_never_found(tmp_path):
 def test_comparator_build_is_labelled_and_compared_with_train_everything(builds):
     text, data = _parse(builds["comparator"] / REPORT)
     assert "COMPARATOR build" in text
-    assert data["legend"]["b"].endswith("train every token")
+    assert data["legend"]["b"] == "the baseline (train every token)"
 
 
 def test_packed_report_charts_packing_fill(builds):
@@ -208,6 +212,27 @@ def test_packed_report_charts_packing_fill(builds):
     assert rows["rows"].startswith("packed; fill")
     infos = [d["info"] for d in data["docs"]]
     assert any(re.search(r"row \d+, document \d+/\d+ ·", i) for i in infos)
+
+
+def test_length_axis_follows_the_documents_and_marks_the_limit_when_reached(builds):
+    short = BuildData(builds["template"])  # documents of at most 170 tokens, max length 4,096
+    longest = int(short.docs.length.max())
+    assert longest < 200
+    bins = length_bins(short.docs.length, short.max_length)
+    assert longest <= bins[-1] < 1.2 * longest, "the axis runs to the length limit, not the data"
+    assert 15 <= len(bins) - 1 <= 40
+    (lengths, *_), = [distribution_charts([("x", short, "#000")])]
+    assert "max length 4,096: beyond the longest document" in lengths and 'class="mk"' not in lengths
+    packed = BuildData(builds["packed"])  # max length 200: the longest document, 170 tokens, comes near it
+    (lengths, *_), = [distribution_charts([("x", packed, "#000")])]
+    assert 'class="mk"' in lengths and "max length 200<" in lengths
+
+
+def test_settings_read_as_words_not_python_values(builds):
+    text, _ = _parse(builds["packed"] / REPORT)
+    (settings,) = re.findall(r"<div>settings: (.*?)</div>", text)
+    assert "pack on" in settings and "max length 200" in settings and "train on assistant" in settings
+    assert not re.search(r"\b(True|False|None)\b", settings)
 
 
 def test_select_documents_categories():
@@ -230,6 +255,16 @@ def test_select_documents_categories():
     assert set(cats["differs most from baseline"]) == {6, 2}
     assert len(cats["random"]) == 2
     assert list(picks)[:2] == [1, 5], "documents come in category order"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=40), st.lists(st.integers(0, 3), min_size=40, max_size=40),
+       st.integers(1, 8))
+def test_first_k_is_the_head_of_a_full_sort(primary, secondary, k):
+    a, b = np.array(primary), np.array(secondary[: len(primary)])
+    positions = np.arange(len(a))
+    assert first_k(k, a, b).tolist() == np.lexsort((positions, b, a))[:k].tolist()
+    assert first_k(k, -a).tolist() == np.lexsort((positions, -a))[:k].tolist()
 
 
 def test_embedded_json_cannot_close_the_script():
@@ -279,16 +314,22 @@ def test_pages_render_in_a_headless_browser(builds, tmp_path):
     # these elements exist only once the script has turned the embedded JSON into the page
     assert re.search(r"<th>documents</th><td class=\"num\">5</td>", dom)
     assert re.search(r"<th>baseline trains</th>", dom)
-    assert "documents 1–5 of 5" in dom
+    assert "documents 1–5 of 5" in dom and "searching the 5 documents sampled of 5" in dom
     assert dom.count('<article class="doc"') == 5
+    assert re.search(r"<body class=\"report\" data-rendered", dom), "the baseline is not drawn faintly"
     dom = _chromium(tmp_path, builds["many_diff"], "--dump-dom")
     assert re.search(r"<th>differing only in mask</th><td class=\"num\">45</td>", dom)
     assert dom.count('<article class="doc"') == PAGE_SIZE, "all documents rendered at once, not a page"
     assert "page 1 of 3" in dom
+    # the table of 45 changed documents shows a page of rows, with a pager saying how many there are
+    (table,) = re.findall(r"<h2>Most changed documents \(45 differ\)</h2>(.*?)</section>", dom)
+    assert table.count("<tr>") == 1 + 25 and "rows 1–25 of 45" in table
     # the search box filters the documents (set here through the page's #q= link form)
     page = (builds["many_diff"]).resolve().as_uri()
     dom = _chromium(tmp_path, Path(builds["many_diff"]), "--dump-dom", url=page + "#q=answer%2017.")
     assert "documents 1–1 of 1" in dom and dom.count('<article class="doc"') == 1
+    dom = _chromium(tmp_path, Path(builds["many_diff"]), "--dump-dom", url=page + "#q=nowhere%20said")
+    assert "no document matches in the 45 documents on this page" in dom
     dom = _chromium(tmp_path, Path(builds["many_diff"]), "--dump-dom", url=page + "#s30p0")
     assert 'id="s30p0"' in dom and dom.count('<article class="doc"') == 1
     shot = tmp_path / "report.png"

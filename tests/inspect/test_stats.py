@@ -10,9 +10,11 @@ import pytest
 from sftdata.cli import main
 from sftdata.inspect.build_data import BuildData, pieces_of
 from sftdata.inspect.stats import build_stats
-from sftdata.shards import iter_rows, open_build
+from sftdata.config import BuildConfig
+from sftdata.manifest import Manifest, TokenizerInfo
+from sftdata.shards import Row, ShardWriter, iter_rows, open_build
 
-from .builders import make_build
+from .builders import CHATML, make_build
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,16 @@ def test_stats_flags_a_manifest_that_disagrees_with_the_shards(builds, tmp_path)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     checks = build_stats(BuildData(copy))["checks"]
     assert len(checks) == 1 and "trained_tokens" in checks[0]
+
+
+def test_a_row_whose_seq_lens_do_not_add_up_is_an_error(tmp_path, capsys):
+    ids, mask = np.arange(10, dtype=np.int32), np.ones(10, dtype=np.uint8)
+    writer = ShardWriter(tmp_path, 1 << 30)
+    writer.write_all([Row(ids, mask, [4, 6], [0, 1]), Row(ids, mask, [4, 5], [2, 3])])
+    config = BuildConfig(tokenizer=CHATML, pack=True, max_length=16)
+    Manifest.for_shards(writer.close(), TokenizerInfo("t", "", 0, [], {}), config).write(tmp_path)
+    assert main(["stats", str(tmp_path)]) == 2
+    assert "row 1 holds 10 tokens but its seq_lens add up to 9" in " ".join(capsys.readouterr().err.split())
 
 
 def test_not_a_build_is_an_error_not_a_traceback(tmp_path, capsys):

@@ -12,6 +12,7 @@ from sftdata.inspect.build_data import BuildData
 from sftdata.inspect.terminal import visible
 from sftdata.inspect.vocab import Vocab, load_vocab
 from sftdata.tiktoken_bpe import byte_level_alphabet
+from sftdata.tokenizer import load_tokenizer
 
 from ..conftest import fixture_tokenizer
 from .builders import CHATS, make_build
@@ -150,15 +151,23 @@ def test_ids_when_the_tokenizer_cannot_be_loaded(builds, capsys, tmp_path):
 def test_vocab_pieces_keep_whitespace_and_mark_specials():
     from transformers import AutoTokenizer
 
-    for name in ("chatml-bpe", "llama2-spm"):
+    # chatml-bpe is spelled from the cached table of token bytes, llama2-spm through the parsed tokenizer
+    for name, from_table in (("chatml-bpe", True), ("llama2-spm", False)):
         hf = AutoTokenizer.from_pretrained(fixture_tokenizer(name))
-        vocab = Vocab(hf.backend_tokenizer, name)
+        loaded = load_tokenizer(fixture_tokenizer(name), require_template=False)
+        assert (loaded.token_bytes is not None) == from_table
+        vocab = Vocab(loaded)
         text = "Hi there,\n  friend\tok"
         ids = hf.backend_tokenizer.encode(text, add_special_tokens=False).ids
         joined = "".join(t for t, _ in vocab.pieces(ids))
         assert joined.lstrip(" ") == text or joined == text
+        accent = vocab.pieces(hf.backend_tokenizer.encode("é", add_special_tokens=False).ids)
+        # whole, or split into bytes each shown as an escape
+        assert "".join(t for t, _ in accent).strip() in ("é", "\\xc3\\xa9")
+        assert all(k == "bytes" for t, k in accent if t.startswith("\\x"))
         eos = hf.backend_tokenizer.token_to_id(hf.eos_token)
         assert vocab.piece(eos) == (hf.eos_token, "special")
+        assert vocab.piece(hf.backend_tokenizer.get_vocab_size() + 7)[1] == "unknown"
     alphabet = byte_level_alphabet()
     assert len(alphabet) == 256 and sorted(alphabet.values()) == list(range(256))
     assert alphabet["Ġ"] == 32 and alphabet["Ċ"] == 10 and alphabet["a"] == ord("a")

@@ -1,7 +1,7 @@
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("data").textContent);
-  var PAGE = data.page_size, SHOWN = data.tokens_shown;
+  var PAGE = data.page_size, SHOWN = data.tokens_shown, TABLE_PAGE = data.table_page_size;
   function el(tag, cls, text) {
     var e = document.createElement(tag);
     if (cls) e.className = cls;
@@ -27,34 +27,59 @@
     }
   }
 
+  // a table longer than a page shows TABLE_PAGE rows at a time, with its own pager
   function renderTables() {
     var box = document.getElementById("tables");
     (data.tables || []).forEach(function (t) {
-      var sec = el("section", "card");
+      var sec = el("section", "card"), at = 0;
       sec.appendChild(el("h2", null, t.title));
       if (t.note) sec.appendChild(el("p", "muted", t.note));
-      var table = el("table", "grid"), head = el("tr");
-      t.columns.forEach(function (c) { head.appendChild(el("th", null, c)); });
-      table.appendChild(head);
-      t.rows.forEach(function (row) {
-        var tr = el("tr");
-        row.forEach(function (cell) {
-          var td = el("td");
-          if (cell && typeof cell === "object") {
-            var a = el("a", null, cell.text);
-            a.href = "#" + cell.doc;
-            a.addEventListener("click", function (ev) { ev.preventDefault(); showDoc(cell.doc); });
-            td.appendChild(a);
-          } else {
-            td.textContent = cell == null ? "" : String(cell);
-          }
-          tr.appendChild(td);
-        });
-        table.appendChild(tr);
-      });
+      var table = el("table", "grid"), nav = el("div", "pager");
       sec.appendChild(table);
+      sec.appendChild(nav);
+      function show() {
+        var head = el("tr");
+        t.columns.forEach(function (c) { head.appendChild(el("th", null, c)); });
+        table.replaceChildren(head);
+        t.rows.slice(at, at + TABLE_PAGE).forEach(function (row) { table.appendChild(tableRow(row)); });
+        if (t.rows.length > TABLE_PAGE) {
+          pagerInto(nav, at / TABLE_PAGE, Math.ceil(t.rows.length / TABLE_PAGE), function (p) {
+            at = p * TABLE_PAGE;
+            show();
+          }, "rows " + (at + 1) + "\u2013" + Math.min(at + TABLE_PAGE, t.rows.length) + " of " + t.rows.length);
+        }
+      }
+      show();
       box.appendChild(sec);
     });
+  }
+  function tableRow(row) {
+    var tr = el("tr");
+    row.forEach(function (cell) {
+      var td = el("td");
+      if (cell && typeof cell === "object") {
+        var a = el("a", null, cell.text);
+        a.href = "#" + cell.doc;
+        a.addEventListener("click", function (ev) { ev.preventDefault(); showDoc(cell.doc); });
+        td.appendChild(a);
+      } else {
+        td.textContent = cell == null ? "" : String(cell);
+      }
+      tr.appendChild(td);
+    });
+    return tr;
+  }
+  // previous / "label" / next buttons in `box`; go(p) shows page p (0-based) of `pages`
+  function pagerInto(box, page, pages, go, label) {
+    box.replaceChildren();
+    var prev = el("button", null, "\u2190 previous"), next = el("button", null, "next \u2192");
+    prev.disabled = page === 0;
+    next.disabled = page >= pages - 1;
+    prev.addEventListener("click", function () { go(page - 1); });
+    next.addEventListener("click", function () { go(page + 1); });
+    box.appendChild(prev);
+    box.appendChild(el("span", "muted", label));
+    box.appendChild(next);
   }
 
   // ---- tokens
@@ -157,16 +182,8 @@
     renderPage();
   }
   function pager(box) {
-    box.replaceChildren();
     var pages = Math.max(1, Math.ceil(shown.length / PAGE));
-    var prev = el("button", null, "\u2190 previous"), next = el("button", null, "next \u2192");
-    prev.disabled = page === 0;
-    next.disabled = page >= pages - 1;
-    prev.addEventListener("click", function () { page--; renderPage(true); });
-    next.addEventListener("click", function () { page++; renderPage(true); });
-    box.appendChild(prev);
-    box.appendChild(el("span", "muted", "page " + (page + 1) + " of " + pages));
-    box.appendChild(next);
+    pagerInto(box, page, pages, function (p) { page = p; renderPage(true); }, "page " + (page + 1) + " of " + pages);
   }
   function card(d) {
     var art = el("article", "doc"), head = el("header");
@@ -192,7 +209,7 @@
     var from = page * PAGE, to = Math.min(shown.length, from + PAGE);
     for (var i = from; i < to; i++) box.appendChild(card(docs[shown[i]]));
     document.getElementById("count").textContent = shown.length ?
-      "documents " + (from + 1) + "\u2013" + to + " of " + shown.length : "no document matches";
+      "documents " + (from + 1) + "\u2013" + to + " of " + shown.length : "no document matches in " + data.search;
     pager(document.getElementById("pager-top"));
     pager(document.getElementById("pager-bottom"));
     if (scroll) document.getElementById("documents").scrollIntoView();
@@ -220,7 +237,9 @@
     sample("tr", "trained" + (names.b ? " by both" : "") + " (green, underlined)");
     if (names.b) {
       sample("ao", "trained by " + (names.a || "A") + " only (blue, bold)");
-      sample("bo", "trained by " + names.b + " only (orange, bold, dotted underline)");
+      sample("bo", "trained by " + names.b + " only" + (data.kind === "report" ?
+        " (dotted orange underline: the baseline is drawn only where it differs, and faintly)" :
+        " (orange, bold, dotted underline)"));
     }
     sample("", "masked (grey; every other token shaded)");
     if (data.kind === "diff") sample("d", "token not in the other build (red outline)");
@@ -229,6 +248,8 @@
   }
 
   function init() {
+    document.body.classList.add(data.kind);
+    document.getElementById("scope").textContent = "searching " + data.search;
     renderSummary();
     renderTables();
     renderLegend();
