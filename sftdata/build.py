@@ -1,48 +1,32 @@
 """`sftdata build`: inputs -> verified documents -> Arrow shards, rejects.jsonl and manifest.json.
 
-The orchestration only: reading is sources.py, the per-batch work worker.py, running it executors/,
-storage shards.py. The manifest is written last, so a directory with one is a finished build.
+The orchestration only, in the phases of units.py, which an executor runs (executors/: this machine, or
+a Ray cluster): plan the units of input, map each to documents and rejects, plan the rows from the
+documents' lengths, write the shards; then the rejects and last the manifest, so a directory with one is
+a finished build. Reading is sources.py, the per-batch work worker.py, storage shards.py and storage.py.
 """
 
 from __future__ import annotations
 
-import bisect
-import itertools
-import json
+import contextlib
 import os
-import shutil
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import __version__
-from .config import BuildConfig
-from .executors.local import default_workers, run_batches
-from .manifest import (
-    EVAL_DIR,
-    MANIFEST,
-    REJECTS,
-    Counts,
-    InputInfo,
-    Manifest,
-    PackingInfo,
-    ShardInfo,
-    SplitInfo,
-    TemplateInfo,
-)
-from .packing import fill_stats, pack_arrays
-from .records import RawRecord
-from .shards import MappedShard, Row, ShardWriter, shard_columns
-from .sources import read_inputs
-from .split import EvalSplit
+from .config import BuildConfig, Executor
+from .executors.local import LocalExecutor, default_workers
+from .manifest import MANIFEST, REJECTS, Counts, InputInfo, Manifest, TemplateInfo
+from .packing import fill_stats
+from .sources import FilePlan, Unit, units_of
+from .storage import TMP, Folder, public
 from .timing import StageSeconds
-from .worker import BatchResult, Worker
-
-ROWS_PER_RELEASE = 8  # packed rows between releases of the spill's pages: each document read maps 64 KB around it
+from .units import (UNITS, UnitCounts, UnitJob, UnitOutcome, WriteJob, build_key, completed, plan_rows,
+                    plan_shards, rejects_name)
+from .worker import Worker
 
 
 class BuildError(Exception):
@@ -57,105 +41,69 @@ class Progress:
     tokens: int = 0
     trained_tokens: int = 0
     rejected: int = 0
+    units_reused: int = 0  # units a resumed build took from the run it resumes
     started: float = field(default_factory=time.perf_counter)
 
 
-def _chunks(records: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
-    it = iter(records)
-    while batch := list(itertools.islice(it, size)):
-        yield batch
-
-
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    old = [p for p in out_dir.iterdir() if p.name in (MANIFEST, REJECTS, EVAL_DIR) or p.suffix == ".arrow"
-           or p.name.endswith(".tmp")]
-    if (out_dir / MANIFEST).exists() and not overwrite:
-        raise BuildError(f"{out_dir} already holds a build (manifest.json); pass --overwrite to replace it")
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # first, so a killed rebuild never looks complete
-    for path in old:  # shards, rejects, and what a killed build left (temp files, the packing spill)
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+def _prepare_out_dir(out: Folder, overwrite: bool, resume: bool) -> None:
+    out.make()
+    if out.exists(MANIFEST) and not overwrite:
+        raise BuildError(f"{out} already holds a build (manifest.json); pass --overwrite to replace it")
+    out.remove(MANIFEST)  # first, so a killed rebuild never looks complete
+    kept = {UNITS} if resume else set()  # the units a killed run finished
+    for name in out.names():  # shards, rejects, and what a killed build left (temp files, its units)
+        if (name == REJECTS or name.endswith((".arrow", TMP))) and name not in kept:
+            out.remove(name)
 
 
 class _Tally:
-    """Everything a build counts: progress, reject reasons, the workers' counts, stage seconds, and per
-    input file the records read (as they stream past), records and documents written, records rejected."""
+    """Everything a build counts: progress as batches finish, and per input and in total what the
+    finished units hold."""
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, inputs: int):
         self.progress = Progress()
-        self.reasons: Counter = Counter()
-        self.span_methods: Counter = Counter()
-        self.unrendered_fields: Counter = Counter()
-        self.truncated = self.split_pieces = self.comparator_template_not_found = 0
-        self.seconds = StageSeconds()
-        self.records = [0] * len(paths)
-        self.formats: list[str | None] = [None] * len(paths)
-        self.per_input = [Counter() for _ in paths]
-        self._starts: list[int] = []  # first source id of each input read so far (empty ones excepted)
-        self._started_inputs: list[int] = []
+        self.total = UnitCounts()
+        self.per_input = [UnitCounts() for _ in range(inputs)]
+        self.seconds = StageSeconds()  # the driver's phases; the workers' stages are in total.seconds
 
-    def watch(self, records: Iterable[RawRecord]) -> Iterator[RawRecord]:
-        records = iter(records)
-        while True:
-            with self.seconds.timing("read"):
-                r = next(records, None)
-            if r is None:
-                return
-            if not self._started_inputs or self._started_inputs[-1] != r.input_index:
-                self._starts.append(r.source_id)
-                self._started_inputs.append(r.input_index)
-            self.records[r.input_index] += 1
-            self.formats[r.input_index] = r.format.value
-            yield r
+    def progressed(self, counts: UnitCounts) -> None:
+        p = self.progress
+        p.records += counts.records
+        p.records_written += counts.records_written
+        p.documents += counts.documents
+        p.tokens += counts.tokens
+        p.trained_tokens += counts.trained_tokens
+        p.rejected += counts.rejected
 
-    def input_of(self, source_id: int) -> int:
-        # inputs are read in order: a record belongs to the last input started at or before its id
-        return self._started_inputs[bisect.bisect_right(self._starts, source_id) - 1]
+    def add(self, outcome: UnitOutcome) -> None:
+        """A finished unit."""
+        self.total.add(outcome.record.counts)
+        self.per_input[outcome.record.unit.input_index].add(outcome.record.counts)
 
-    def add(self, result: BatchResult, documents: ShardWriter | EvalSplit, rejects_file) -> None:
-        """Write one batch's documents and rejects, and count them."""
-        progress, written = self.progress, set()
-        for doc in result.documents:
-            documents.write(Row(doc.input_ids, doc.loss_mask, [doc.num_tokens], [doc.source_id]))
-            progress.tokens += doc.num_tokens
-            progress.trained_tokens += doc.num_trained
-            counts = self.per_input[self.input_of(doc.source_id)]
-            counts["documents"] += 1
-            if doc.source_id not in written:
-                written.add(doc.source_id)
-                counts["records_written"] += 1
-        for reject in result.rejects:
-            rejects_file.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
-            self.reasons[reject.reason.value] += 1
-            self.per_input[self.input_of(reject.source_id)]["rejected"] += 1
-        progress.records += result.records
-        progress.records_written += len(written)
-        progress.documents += len(result.documents)
-        progress.rejected += len(result.rejects)
-        self.span_methods.update(result.span_methods)
-        self.unrendered_fields.update(result.unrendered_fields)
-        self.truncated += result.truncated
-        self.split_pieces += result.split_pieces
-        self.comparator_template_not_found += result.comparator_template_not_found
-        self.seconds.update(result.seconds)
-
-    def inputs(self, paths: list[Path]) -> list[InputInfo]:
-        return [InputInfo(path=str(p), format=self.formats[i], records=self.records[i],
-                          records_written=self.per_input[i]["records_written"],
-                          documents=self.per_input[i]["documents"], rejected=self.per_input[i]["rejected"])
-                for i, p in enumerate(paths)]
+    def inputs(self, paths: list[str], plans: list[FilePlan]) -> list[InputInfo]:
+        return [InputInfo(path=public(p), format=plan.format, records=c.records, records_written=c.records_written,
+                          documents=c.documents, rejected=c.rejected)
+                for p, plan, c in zip(paths, plans, self.per_input)]
 
     def counts(self, rows: int) -> Counts:
-        p = self.progress
-        if p.records != p.records_written + p.rejected:
-            raise BuildError(f"internal error: {p.records} records != {p.records_written} written "
-                             f"+ {p.rejected} rejected")
-        return Counts(records=p.records, records_written=p.records_written, documents=p.documents,
-                      rejected=p.rejected, rejected_by_reason=dict(sorted(self.reasons.items())),
-                      tokens=p.tokens, trained_tokens=p.trained_tokens, truncated=self.truncated,
-                      split_pieces=self.split_pieces, rows=rows, span_methods=dict(sorted(self.span_methods.items())),
-                      unrendered_fields=dict(sorted(self.unrendered_fields.items())),
-                      comparator_template_not_found=self.comparator_template_not_found)
+        t = self.total
+        if t.records != t.records_written + t.rejected:
+            raise BuildError(f"internal error: {t.records} records != {t.records_written} written "
+                             f"+ {t.rejected} rejected")
+        return Counts(records=t.records, records_written=t.records_written, documents=t.documents,
+                      rejected=t.rejected, rejected_by_reason=dict(sorted(t.reasons.items())),
+                      tokens=t.tokens, trained_tokens=t.trained_tokens, truncated=t.truncated,
+                      split_pieces=t.split_pieces, rows=rows, span_methods=dict(sorted(t.span_methods.items())),
+                      unrendered_fields=dict(sorted(t.unrendered_fields.items())),
+                      comparator_template_not_found=t.comparator_template_not_found)
+
+
+def _executor(config: BuildConfig, local: Worker):
+    if config.executor is Executor.RAY:
+        from .executors.ray import RayExecutor  # an optional extra: a local build never imports Ray
+
+        return RayExecutor(config, local)
+    return LocalExecutor(config, local, config.workers or default_workers())
 
 
 def build(
@@ -164,38 +112,38 @@ def build(
     config: BuildConfig,
     overwrite: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    resume: bool = False,
 ) -> Manifest:
-    out_dir = Path(out_dir)
-    paths = [Path(p) for p in inputs]
+    """Build `inputs` (local paths or URLs) into `out_dir` (a local path or a URL). With `resume`, the
+    units a killed run of the same build finished are taken as they are (once their checksums match)."""
+    out = Folder(out_dir)
+    paths = [str(p) for p in inputs]
     if not paths:
         raise BuildError("no inputs given")
     local = Worker(config)  # loads tokenizer and template: a problem with either stops the build here
-    _prepare_out_dir(out_dir, overwrite)
-    workers = config.workers or default_workers()
+    _prepare_out_dir(out, overwrite, resume)
+    tally = _Tally(len(paths))
 
-    tally = _Tally(paths)
-    train = _SplitWriter(out_dir, ".spill.tmp", config)
-    held_out = _SplitWriter(out_dir / EVAL_DIR, ".spill.tmp", config) if config.holds_out else None
-    split = EvalSplit(config.eval_fraction, config.eval_records, config.seed, train.documents.write,
-                      held_out.documents.write) if held_out else None
-    rejects_tmp = out_dir / (REJECTS + ".tmp")
-    with open(rejects_tmp, "w", encoding="utf-8") as rejects_file:
-        batches = _chunks(tally.watch(read_inputs(paths, config.format)), config.batch_size)
-        for result in run_batches(batches, config, local, workers):
-            with tally.seconds.timing("write"):
-                tally.add(result, split or train.documents, rejects_file)
-            if on_progress:
-                on_progress(tally.progress)
-    with tally.seconds.timing("pack_write" if config.pack else "write"):
-        held = split.finish() if split else None
-        shards, packing = train.close()
-        eval_split = None
-        if held_out:
-            eval_shards, eval_packing = held_out.close()
-            eval_split = SplitInfo(records=held.records, documents=held.documents, tokens=held.tokens,
-                                   trained_tokens=held.trained_tokens, rows=sum(s.rows for s in eval_shards),
-                                   shards=eval_shards, packing=eval_packing)
-    os.replace(rejects_tmp, out_dir / REJECTS)
+    def progressed(counts: UnitCounts) -> None:
+        tally.progressed(counts)
+        if on_progress:
+            on_progress(tally.progress)
+
+    with contextlib.closing(_executor(config, local)) as executor:
+        with tally.seconds.timing("plan"):
+            plans = executor.plan(paths, config.format, config.unit_records)
+        units = units_of(paths, plans)
+        job = UnitJob(out.url(UNITS), build_key(config, local.tokenizer.fingerprint,
+                                                local.tokenizer.template_fingerprint))
+        outcomes = _map(units, job, executor, tally, progressed, resume)
+        with tally.seconds.timing("plan_rows"):
+            lengths = np.concatenate([o.lengths for o in outcomes]) if outcomes else np.zeros(0, np.int32)
+            order, offsets = plan_rows(lengths, config.max_length, config.seed, config.pack)
+            tasks = plan_shards(lengths, order, offsets, config.shard_tokens)
+        with tally.seconds.timing("write"):
+            shards = executor.write(tasks, _write_job(job, out, outcomes))
+    packing = fill_stats(lengths, np.split(order, offsets[1:-1]), config.max_length) if config.pack else None
+    _merge_rejects(out, units)
 
     template = local.template
     manifest = Manifest(
@@ -207,66 +155,46 @@ def build(
             # once per conversation where it provably passes message text through, else twice (spans.py)
             renders=2 if template.passthrough_refusal else 1, why_two_renders=template.passthrough_refusal),
         config=config,
-        inputs=tally.inputs(paths),
-        counts=tally.counts(rows=sum(s.rows for s in shards) + (eval_split.rows if eval_split else 0)),
+        inputs=tally.inputs(paths, plans),
+        counts=tally.counts(rows=sum(s.rows for s in shards)),
         packing=packing,
         shards=shards,
-        eval=eval_split,
-        seconds=dict(tally.seconds),
+        seconds={**tally.total.seconds, **tally.seconds},
     )
-    manifest.write(out_dir)
+    manifest.write(out)
+    out.remove(UNITS)
     return manifest
 
 
-class _SplitWriter:
-    """Where one split's documents go: straight into its shards, or (packing needs every length first)
-    into an unpacked spill that close() packs into the shards."""
-
-    def __init__(self, out_dir: Path, spill_name: str, config: BuildConfig):
-        out_dir.mkdir(exist_ok=True)
-        self.config = config
-        self.writer = ShardWriter(out_dir, config.shard_tokens)
-        self.spill_dir = out_dir / spill_name
-        if config.pack:
-            self.spill_dir.mkdir(exist_ok=True)
-        self.documents = ShardWriter(self.spill_dir, 1 << 62) if config.pack else self.writer
-
-    def close(self) -> tuple[list[ShardInfo], PackingInfo | None]:
-        packing = None
-        if self.config.pack:
-            packing = write_packed(self.spill_dir, self.documents.close(), self.writer, self.config.max_length,
-                                   self.config.seed)
-            shutil.rmtree(self.spill_dir)
-        return self.writer.close(), packing
+def _map(units: list[Unit], job: UnitJob, executor, tally: _Tally, progressed: Callable[[UnitCounts], None],
+         resume: bool) -> list[UnitOutcome]:
+    """Every unit's outcome, in unit order: taken from a killed run's where it finished them (resume),
+    made by the executor otherwise."""
+    outcomes: list[UnitOutcome | None] = [completed(job, u) if resume else None for u in units]
+    tally.progress.units_reused = sum(o is not None for o in outcomes)
+    for outcome in outcomes:
+        if outcome is not None:
+            tally.add(outcome)
+            progressed(outcome.record.counts)
+    with tally.seconds.timing("map"):
+        for outcome in executor.map([u for u, o in zip(units, outcomes) if o is None], job, progressed):
+            outcomes[outcome.record.unit.index] = outcome
+            tally.add(outcome)
+    return outcomes
 
 
-def write_packed(spill_dir: Path, spilled: list[ShardInfo], writer: ShardWriter, capacity: int, seed: int
-                 ) -> PackingInfo:
-    """Second pass of a packed build: lengths -> rows -> documents copied from the memory-mapped spill."""
-    ids, masks, lens, sources = [], [], [], []
-    shards = [MappedShard(spill_dir / info.name) for info in spilled]
-    for shard in shards:  # per record batch: flat zero-copy views of the memory-mapped spill
-        for columns in shard_columns(shard.table):
-            (offsets, _, _, _), (id_values, mask_values, _, source_values) = columns.offsets, columns.values
-            ids.append((id_values, offsets))
-            masks.append(mask_values)
-            lens.append(np.diff(offsets))
-            sources.append(source_values)
-    lengths = np.concatenate(lens) if lens else np.zeros(0, np.int64)
-    source_ids = np.concatenate(sources) if sources else np.zeros(0, np.int64)
-    batch_of = np.repeat(np.arange(len(lens)), [len(x) for x in lens])
-    local = np.concatenate([np.arange(len(x)) for x in lens]) if lens else np.zeros(0, np.int64)
-    order, row_offsets = pack_arrays(lengths, capacity, seed)
-    for r in range(len(row_offsets) - 1):
-        if r % ROWS_PER_RELEASE == 0:  # rows gather documents from all over the spill: keep memory flat
-            for shard in shards:
-                shard.release()
-        docs = order[row_offsets[r] : row_offsets[r + 1]]
-        pieces_ids, pieces_mask = [], []
-        for d in docs:
-            values, offsets = ids[batch_of[d]]
-            a, b = offsets[local[d]], offsets[local[d] + 1]
-            pieces_ids.append(values[a:b])
-            pieces_mask.append(masks[batch_of[d]][a:b])
-        writer.write(Row(np.concatenate(pieces_ids), np.concatenate(pieces_mask), lengths[docs], source_ids[docs]))
-    return fill_stats(lengths, np.split(order, row_offsets[1:-1]), capacity)
+def _write_job(job: UnitJob, out: Folder, outcomes: list[UnitOutcome]) -> WriteJob:
+    with_documents = [o for o in outcomes if len(o.lengths)]
+    starts = np.zeros(len(with_documents) + 1, dtype=np.int64)
+    np.cumsum([len(o.lengths) for o in with_documents], out=starts[1:])
+    return WriteJob(job.units_dir, out.path, starts,
+                    np.asarray([o.record.unit.index for o in with_documents], dtype=np.int64))
+
+
+def _merge_rejects(out: Folder, units: list[Unit]) -> None:
+    """rejects.jsonl: the units' rejects, in unit order (so in source id order), written whole."""
+    units_dir = Folder(out.url(UNITS))
+    writer = out.create(REJECTS)
+    for unit in units:
+        writer.write(units_dir.read_bytes(rejects_name(unit.index)))
+    writer.publish()

@@ -8,6 +8,7 @@ listing every problem, before any work starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import ClassVar
 from datetime import date
 from enum import Enum
 
@@ -44,6 +45,11 @@ class InputFormat(str, Enum):
     SHAREGPT = "sharegpt"
     ALPACA = "alpaca"
     PROMPT_COMPLETION = "prompt-completion"
+
+
+class Executor(str, Enum):
+    LOCAL = "local"  # this machine: this process and a pool of worker processes
+    RAY = "ray"  # a Ray cluster (pip install sftdata[ray])
 
 
 class ConfigError(ValueError):
@@ -101,6 +107,16 @@ class BuildConfig:
     workers: int = setting(0, "this process and N-1 worker processes; 0: one per core. With 1 this process "
                               "works alone, encoding in a thread while it renders")
     batch_size: int = setting(256, "conversations per batch: the unit of work a worker takes")
+    executor: Executor = setting(Executor.LOCAL, "where the work runs: this machine, or a Ray cluster (the "
+                                                 "same shards either way)")
+    ray_address: str | None = setting(None, "the Ray cluster to use with --executor ray: `auto`, "
+                                            "ray://host:10001, or host:6379; none starts a local one",
+                                      metavar="ADDRESS")
+    unit_records: int = setting(8192, "records per unit of input: what one Ray worker takes at a time, and "
+                                      "what --resume reuses or redoes whole")
+
+    # how the work runs: a build resumed with other values of these reuses the units already done
+    RUN_SETTINGS: ClassVar[tuple[str, ...]] = ("workers", "batch_size", "executor", "ray_address")
 
     def __post_init__(self) -> None:
         for f in fields(self):  # enums from their values, so the API and a manifest can pass strings
@@ -121,7 +137,7 @@ class BuildConfig:
             problems.append(f"max_length must be at least 1 (or 0 for no limit), not {self.max_length}")
         if self.pack and self.max_length is None:
             problems.append("pack needs max_length: the row length to pack documents into")
-        for name in ("batch_size", "shard_tokens"):
+        for name in ("batch_size", "shard_tokens", "unit_records"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.workers < 0:

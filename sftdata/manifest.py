@@ -14,10 +14,10 @@ import os
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from .config import BuildConfig
+from .storage import Folder, exists, join, public, read_bytes
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -136,7 +136,7 @@ class Manifest:
 
     def write(self, build_dir: str | os.PathLike) -> None:
         """Atomically: a reader sees no manifest or the whole one."""
-        write_json_atomic(Path(build_dir) / MANIFEST, self.to_json())
+        Folder(build_dir).write_bytes(MANIFEST, json_bytes(self.to_json()))
 
     @classmethod
     def from_json(cls, data: Any, where: str = "manifest") -> Manifest:
@@ -149,15 +149,15 @@ class Manifest:
 
     @classmethod
     def read(cls, build_dir: str | os.PathLike) -> Manifest:
-        path = Path(build_dir) / MANIFEST
-        if not path.exists():
+        path = join(build_dir, MANIFEST)
+        if not exists(path):
             raise ManifestError(f"{build_dir} has no {MANIFEST}: it is not a finished sftdata build (run "
                                 "`sftdata build` first, or let a running build finish)")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_bytes(path).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ManifestError(f"{path} is not valid JSON ({err}): the build was damaged; rebuild it") from None
-        return cls.from_json(data, str(path))
+        return cls.from_json(data, public(path))
 
     @classmethod
     def for_shards(cls, shards: list[ShardInfo], tokenizer: TokenizerInfo, config: BuildConfig,
@@ -181,10 +181,8 @@ class Manifest:
         raise IndexError(f"source id beyond the {sum(i.records for i in self.inputs)} records of this build")
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def json_bytes(data: dict) -> bytes:
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _plain(value: Any) -> Any:

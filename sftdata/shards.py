@@ -15,18 +15,17 @@ Layout of a build directory:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from .manifest import REJECTS, Manifest, ShardInfo
+from .storage import Folder, HashingWriter, exists, is_url, join, read_bytes
 
 SCHEMA = pa.schema(
     [
@@ -73,14 +72,6 @@ def rows_to_batch(rows: Sequence[Row]) -> pa.RecordBatch:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class ShardWriter:
     """Writes rows into numbered shards, each made visible only when complete (temp file + rename).
 
@@ -88,14 +79,16 @@ class ShardWriter:
     `batch_rows` so a reader can stream a shard without loading it whole.
     """
 
-    def __init__(self, out_dir: Path, shard_tokens: int, batch_rows: int = 1024):
-        self.out_dir = Path(out_dir)
+    def __init__(self, out_dir: str | os.PathLike | Folder, shard_tokens: int, batch_rows: int = 1024,
+                 first_index: int = 0, prefix: str = "shard"):
+        self.folder = out_dir if isinstance(out_dir, Folder) else Folder(out_dir)
+        self.first_index, self.prefix = first_index, prefix  # shards are named PREFIX-NNNNN.arrow from first_index
         self.shard_tokens = shard_tokens
         self.batch_rows = batch_rows
         self.shards: list[ShardInfo] = []
         self._pending: list[Row] = []
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
-        self._tmp_path: Path | None = None
+        self._file: HashingWriter | None = None
         self._rows = 0
         self._tokens = 0
 
@@ -120,8 +113,8 @@ class ShardWriter:
         if not self._pending:
             return
         if self._writer is None:
-            self._tmp_path = self.out_dir / f"shard-{len(self.shards):05d}.arrow.tmp"
-            self._writer = pa.ipc.new_stream(str(self._tmp_path), SCHEMA)
+            self._file = self.folder.create(f"{self.prefix}-{self.first_index + len(self.shards):05d}.arrow")
+            self._writer = pa.ipc.new_stream(self._file, SCHEMA)
         self._writer.write_batch(rows_to_batch(self._pending))
         self._pending = []
 
@@ -130,14 +123,16 @@ class ShardWriter:
         if self._writer is None:
             return
         self._writer.close()
-        final = self._tmp_path.with_suffix("")  # drop ".tmp"
-        os.replace(self._tmp_path, final)
-        self.shards.append(ShardInfo(final.name, self._rows, self._tokens, _sha256(final)))
-        self._writer, self._tmp_path, self._rows, self._tokens = None, None, 0, 0
+        name = self._file.final.rsplit("/", 1)[-1]
+        self.shards.append(ShardInfo(name, self._rows, self._tokens, self._file.publish()))
+        self._writer, self._file, self._rows, self._tokens = None, None, 0, 0
 
 
 def open_shard(path: str | os.PathLike) -> pa.Table:
-    """A shard as an Arrow table backed by a memory map: nothing is read until it is touched."""
+    """A shard as an Arrow table: on a local disk backed by a memory map (nothing is read until it is
+    touched), on an object store read whole."""
+    if is_url(path):
+        return pa.ipc.open_stream(pa.py_buffer(read_bytes(path))).read_all()
     return pa.ipc.open_stream(pa.memory_map(str(path), "r")).read_all()
 
 
@@ -148,17 +143,22 @@ class MappedShard:
     where a plain map would end up holding the whole file."""
 
     def __init__(self, path: str | os.PathLike):
+        self._map = None  # a shard on an object store is read whole: nothing to release
+        if is_url(path):
+            self.table = open_shard(path)
+            return
         with open(path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.table = pa.ipc.open_stream(pa.py_buffer(self._map)).read_all()
 
     def release(self) -> None:
-        self._map.madvise(mmap.MADV_DONTNEED)
+        if self._map is not None:
+            self._map.madvise(mmap.MADV_DONTNEED)
 
 
 def open_build(build_dir: str | os.PathLike) -> tuple[Manifest, list[pa.Table]]:
     manifest = Manifest.read(build_dir)
-    tables = [open_shard(Path(build_dir) / s.name) for s in manifest.shards]
+    tables = [open_shard(join(build_dir, s.name)) for s in manifest.shards]
     return manifest, tables
 
 
@@ -197,8 +197,7 @@ def iter_rows(table: pa.Table) -> Iterator[Row]:
 
 
 def read_rejects(build_dir: str | os.PathLike) -> list[dict]:
-    path = Path(build_dir) / REJECTS
-    if not path.exists():
+    path = join(build_dir, REJECTS)
+    if not exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in read_bytes(path).decode("utf-8").splitlines() if line.strip()]

@@ -2,75 +2,95 @@
 
 Each record gets its source id (0-based position across all inputs). A line that is not JSON becomes a
 RecordError in place of its record, so one corrupt line never aborts a build; a file that cannot be
-read at all (missing, unknown type, no detectable format) raises at once.
+read at all (missing, unknown type, no detectable format) raises at once. Inputs are local paths or
+URLs (storage.py).
+
+A build reads its inputs in units (`Unit`): pieces of one file, found by one planning pass over it
+(`plan_file`), that are read independently (`read_unit`), anywhere, in any order, and together give
+exactly the records, source ids and formats `read_inputs` gives.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
-from pathlib import Path
-from typing import Any, Iterator
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Iterator
 
 from .config import InputFormat
 from .formats import detect_format
 from .records import RawRecord
 from .rejects import Reason, RecordError
+from .storage import exists, is_dir, join, open_input, public, read_bytes, size
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 DATASETS_BUILDERS = {".csv": "csv", ".tsv": "csv", ".txt": "text", ".arrow": "arrow"}
+BOM = b"\xef\xbb\xbf"
 
 
 class InputError(Exception):
     """An input that cannot be read at all: the build stops and says which and why."""
 
 
-def _jsonl_records(path: Path) -> Iterator[Any]:
-    with open(path, "rb") as f:  # bytes, so one line of bad UTF-8 is one bad record, not a stopped build
-        for lineno, raw in enumerate(f, start=1):
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte-order mark
-            if not raw.strip():
-                continue
-            try:
-                yield json.loads(raw.decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                yield RecordError(Reason.MALFORMED, f"{path.name} line {lineno}: invalid JSON ({err})")
+def _suffix(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
 
 
-def _json_records(path: Path) -> Iterator[Any]:
+def _name(path: str) -> str:
+    return os.path.basename(public(path).rstrip("/"))
+
+
+def _jsonl_records(path: str, lines: Iterable[bytes], first_line: int = 1) -> Iterator[Any]:
+    # bytes, so one line of bad UTF-8 is one bad record, not a stopped build
+    for lineno, raw in enumerate(lines, start=first_line):
+        if lineno == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
+        if not raw.strip():
+            continue
+        try:
+            yield json.loads(raw.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            yield RecordError(Reason.MALFORMED, f"{_name(path)} line {lineno}: invalid JSON ({err})")
+
+
+def _json_records(path: str) -> Iterator[Any]:
+    data = read_bytes(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        yield from _jsonl_records(path)  # not one valid UTF-8 document: JSON Lines, one bad line at a time
+        yield from _jsonl_records(path, io.BytesIO(data))  # not one valid UTF-8 document: JSON Lines, one bad line at a time
         return
     try:
-        data = json.loads(text)
+        records = json.loads(text)
     except json.JSONDecodeError as err:
         # many `.json` files are really JSON Lines; anything else is unreadable as a whole
         first = text.lstrip()[:1]
         if first == "{":
-            yield from _jsonl_records(path)
+            yield from _jsonl_records(path, io.BytesIO(data))
             return
         raise InputError(f"{path}: not a JSON array nor JSON Lines ({err})") from err
-    yield from (data if isinstance(data, list) else [data])
+    yield from (records if isinstance(records, list) else [records])
 
 
-def _parquet_records(path: Path) -> Iterator[Any]:
+def _parquet_records(path: str, row_groups: list[int] | None = None) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        yield from batch.to_pylist()
+    with open_input(path) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=1024, row_groups=row_groups):
+            yield from batch.to_pylist()
 
 
-def _datasets_records(path: Path) -> Iterator[Any]:
+def _datasets_records(path: str) -> Iterator[Any]:
     import datasets
 
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
-        loaded = datasets.load_from_disk(str(path))
-    elif path.is_dir():
-        loaded = datasets.load_dataset(str(path))
-    elif path.suffix in DATASETS_BUILDERS:
-        loaded = datasets.load_dataset(DATASETS_BUILDERS[path.suffix], data_files=str(path))
+    if is_dir(path) and (exists(join(path, "dataset_info.json")) or exists(join(path, "state.json"))):
+        loaded = datasets.load_from_disk(path)
+    elif is_dir(path):
+        loaded = datasets.load_dataset(path)
+    elif _suffix(path) in DATASETS_BUILDERS:
+        loaded = datasets.load_dataset(DATASETS_BUILDERS[_suffix(path)], data_files=path)
     else:
         raise InputError(f"{path}: unknown input type (expected .jsonl, .json, .parquet, or a datasets folder)")
     if isinstance(loaded, datasets.DatasetDict):
@@ -80,12 +100,13 @@ def _datasets_records(path: Path) -> Iterator[Any]:
     yield from loaded
 
 
-def read_file(path: Path) -> Iterator[Any]:
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    suffix = path.suffix.lower()
+def read_file(path: str | os.PathLike) -> Iterator[Any]:
+    path = str(path)
+    if not exists(path):
+        raise InputError(f"{public(path)}: no such file or folder")
+    suffix = _suffix(path)
     if suffix in JSONL_SUFFIXES:
-        return _jsonl_records(path)
+        return _jsonl_lines(path)
     if suffix == ".json":
         return _json_records(path)
     if suffix == ".parquet":
@@ -93,16 +114,164 @@ def read_file(path: Path) -> Iterator[Any]:
     return _datasets_records(path)
 
 
-def read_inputs(paths: list[Path], fmt: InputFormat = InputFormat.AUTO) -> Iterator[RawRecord]:
+def _jsonl_lines(path: str) -> Iterator[Any]:
+    with open_input(path) as f:
+        yield from _jsonl_records(path, f)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A piece of one input that is read by itself: its records [start, start + records) in the file.
+    Units come from positions in the input alone, so the same inputs always give the same units."""
+
+    index: int  # among all units of the build, in input order
+    input_index: int
+    path: str
+    input_bytes: int  # the file's size when planned, so a resumed build notices a changed input
+    first_source_id: int
+    start: int
+    records: int
+    format: str  # the file's format (forced, or detected from its first object record) ...
+    format_from: int  # ... which records from this index in the file on are read as; earlier ones as messages
+    offset: int = 0  # JSON Lines: byte offset of the unit's first line, and that line's number
+    line: int = 1
+    row_groups: tuple[int, ...] = ()  # Parquet: the unit's row groups
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "row_groups": list(self.row_groups)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Unit:
+        return cls(**{**data, "row_groups": tuple(data["row_groups"])})
+
+
+@dataclass
+class FilePlan:
+    """One input split into units: what planning learns from a pass over the file."""
+
+    records: int = 0
+    format: str | None = None  # None: no records
+    format_from: int = 0
+    pieces: list[dict] = field(default_factory=list)  # per unit: start, records, and where it begins
+
+
+def _detected(path: str, record: Callable[[], Any], fmt: InputFormat) -> InputFormat | None:
+    """The format a forced --format, or else this record, gives the file; None when the record is no
+    object (a malformed line) and the next one decides."""
+    if fmt is not InputFormat.AUTO:
+        return fmt
+    data = record()
+    if not isinstance(data, dict):
+        return None
+    try:
+        return detect_format(data)
+    except RecordError as err:
+        raise InputError(f"{path}: {err.detail}") from None
+
+
+def _plan(path: str, records: Iterator[tuple[Callable[[], Any], dict]], fmt: InputFormat, unit_records: int
+          ) -> FilePlan:
+    """Count the records, note where every `unit_records`-th begins, and find the file's format: the
+    first object record's (records before it are read as messages, as `read_inputs` reads them)."""
+    plan = FilePlan()
+    for record, where in records:
+        if plan.format is None:
+            detected = _detected(path, record, fmt)
+            if detected is not None:
+                plan.format, plan.format_from = detected.value, plan.records
+        if plan.records % unit_records == 0:
+            plan.pieces.append({"start": plan.records, "records": 0, **where})
+        plan.pieces[-1]["records"] += 1
+        plan.records += 1
+    if plan.records and plan.format is None:
+        plan.format = InputFormat.MESSAGES.value
+    return plan
+
+
+def _jsonl_positions(path: str) -> Iterator[tuple[Callable[[], Any], dict]]:
+    """Each record of a JSON Lines file (parsed only if asked) with its byte offset and line number."""
+    with open_input(path) as f:
+        offset = 0
+        for lineno, raw in enumerate(f, start=1):
+            if raw.strip():
+                yield (lambda raw=raw, lineno=lineno: next(_jsonl_records(path, [raw], lineno))), \
+                    {"offset": offset, "line": lineno}
+            offset += len(raw)
+
+
+def _plan_parquet(path: str, fmt: InputFormat, unit_records: int) -> FilePlan:
+    """Units of whole row groups, from the file's metadata and its first row."""
+    import pyarrow.parquet as pq
+
+    with open_input(path) as f:
+        parquet = pq.ParquetFile(f)
+        sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+        first = next(parquet.iter_batches(batch_size=1), None)
+    plan = FilePlan(records=sum(sizes))
+    if plan.records:
+        plan.format = _detected(path, lambda: first.to_pylist()[0], fmt).value
+    for group, rows in enumerate(sizes):
+        if rows and (not plan.pieces or plan.pieces[-1]["records"] >= unit_records):
+            plan.pieces.append({"start": sum(sizes[:group]), "records": 0, "row_groups": ()})
+        if rows:
+            piece = plan.pieces[-1]
+            piece["records"] += rows
+            piece["row_groups"] += (group,)
+    return plan
+
+
+def plan_file(path: str | os.PathLike, fmt: InputFormat, unit_records: int) -> FilePlan:
+    """An input split into units of about `unit_records` records: JSON Lines at line starts, Parquet at
+    row groups; a JSON document or a datasets folder is one unit (it is parsed whole anyway). A pass
+    over the file that parses no more than it must (JSON Lines: until the format is known)."""
+    path = str(path)
+    if not exists(path):
+        raise InputError(f"{public(path)}: no such file or folder")
+    suffix = _suffix(path)
+    if suffix in JSONL_SUFFIXES:
+        return _plan(path, _jsonl_positions(path), fmt, unit_records)
+    if suffix == ".parquet":
+        return _plan_parquet(path, fmt, unit_records)
+    return _plan(path, ((lambda data=data: data, {}) for data in read_file(path)), fmt, 1 << 62)
+
+
+def units_of(paths: list[str], plans: list[FilePlan]) -> list[Unit]:
+    """Every input's units, numbered in input order, each knowing its first source id."""
+    units, source_id = [], 0
+    for input_index, (path, plan) in enumerate(zip(paths, plans)):
+        for piece in plan.pieces:
+            units.append(Unit(index=len(units), input_index=input_index, path=str(path), input_bytes=size(path),
+                              first_source_id=source_id + piece["start"], format=plan.format,
+                              format_from=plan.format_from, **piece))
+        source_id += plan.records
+    return units
+
+
+def read_unit(unit: Unit) -> Iterator[RawRecord]:
+    """The unit's records, each with its source id and format, exactly as `read_inputs` gives them."""
+    suffix = _suffix(unit.path)
+    if suffix in JSONL_SUFFIXES:
+        records = _jsonl_from(unit)
+    elif suffix == ".parquet":
+        records = _parquet_records(unit.path, list(unit.row_groups))
+    else:
+        records = read_file(unit.path)
+    fmt = InputFormat(unit.format)
+    for i, data in enumerate(itertools.islice(records, unit.records)):
+        local = unit.start + i
+        yield RawRecord(unit.first_source_id + i, unit.input_index,
+                        fmt if local >= unit.format_from else InputFormat.MESSAGES, data)
+
+
+def _jsonl_from(unit: Unit) -> Iterator[Any]:
+    with open_input(unit.path) as f:
+        f.seek(unit.offset)
+        yield from _jsonl_records(unit.path, f, unit.line)
+
+
+def read_inputs(paths: list, fmt: InputFormat = InputFormat.AUTO) -> Iterator[RawRecord]:
     """All records of all inputs, in order, each with its source id and its file's format."""
-    source_id = 0
-    for index, path in enumerate(paths):
-        file_format = None if fmt is InputFormat.AUTO else fmt
-        for data in read_file(Path(path)):
-            if file_format is None and isinstance(data, dict):
-                try:
-                    file_format = detect_format(data)
-                except RecordError as err:
-                    raise InputError(f"{path}: {err.detail}") from None
-            yield RawRecord(source_id, index, file_format or InputFormat.MESSAGES, data)
-            source_id += 1
+    paths = [str(p) for p in paths]
+    plans = [plan_file(p, fmt, 1 << 62) for p in paths]
+    for unit in units_of(paths, plans):
+        yield from read_unit(unit)

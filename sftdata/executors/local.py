@@ -20,13 +20,17 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
-from ..config import BuildConfig
+from ..config import BuildConfig, InputFormat
+from ..manifest import ShardInfo
 from ..records import RawRecord
+from ..sources import FilePlan, Unit, plan_file, read_unit
 from ..tokenizer import ModelTokenizer
+from ..units import ShardTask, UnitCounts, UnitJob, UnitOutcome, UnitSink, WriteJob, write_shard
 from ..worker import BatchResult, Worker
 
 ENCODE_QUEUE = 4  # rendered batches waiting for the encoder, at most
@@ -164,3 +168,51 @@ def _take_back_one(pending: deque, local: Worker) -> None:
 
 def _result(item: _Queued | BatchResult) -> BatchResult:
     return item.future.result() if isinstance(item, _Queued) else item
+
+
+class LocalExecutor:
+    """A build's phases (units.py) on this machine: units planned and shards written in this process;
+    units mapped batch by batch over this process and its pool (`run_batches`), each unit's results
+    written to its spill here as they come back, in input order."""
+
+    def __init__(self, config: BuildConfig, local: Worker, workers: int):
+        self.config, self.local, self.workers = config, local, workers
+
+    def plan(self, paths: list[str], fmt: InputFormat, unit_records: int) -> list[FilePlan]:
+        return [plan_file(p, fmt, unit_records) for p in paths]
+
+    def map(self, units: list[Unit], job: UnitJob, progressed: Callable[[UnitCounts], None]
+            ) -> Iterator[UnitOutcome]:
+        """Each unit's outcome once its last batch is back; `progressed` after every batch."""
+        batches_of: deque[tuple[Unit, bool, float]] = deque()  # per batch read: its unit, whether last, read time
+        sink = None
+        for result in run_batches(_unit_batches(units, self.config.batch_size, batches_of), self.config,
+                                  self.local, self.workers):
+            unit, last, read_seconds = batches_of.popleft()
+            sink = sink or UnitSink(job, unit)
+            counts = UnitCounts.of(result)
+            counts.seconds["read"] += read_seconds
+            sink.add(result, counts)
+            progressed(counts)
+            if last:
+                yield sink.close()
+                sink = None
+
+    def write(self, tasks: list[ShardTask], job: WriteJob) -> list[ShardInfo]:
+        return [write_shard(task, job) for task in tasks]
+
+    def close(self) -> None:
+        """Nothing held: the pool ends with the map phase."""
+
+
+def _unit_batches(units: list[Unit], size: int, batches_of: deque) -> Iterator[list[RawRecord]]:
+    """The units' records in batches that never span two units; each batch's unit noted in `batches_of`."""
+    for unit in units:
+        records = read_unit(unit)
+        started = time.perf_counter()
+        batch = list(itertools.islice(records, size))
+        while batch:
+            after = list(itertools.islice(records, size))
+            batches_of.append((unit, not after, time.perf_counter() - started))
+            yield batch
+            batch, started = after, time.perf_counter()

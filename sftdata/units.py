@@ -1,0 +1,263 @@
+"""A build in three phases, each a pure step any executor can run anywhere (executors/):
+
+1. map: each unit of input (sources.Unit) becomes verified documents, written as the unit's spill
+   (`OUT/.units.tmp/unit-NNNNN.arrow`, one unpacked document a row), its rejects
+   (`unit-NNNNN.rejects.jsonl`) and last its record (`unit-NNNNN.json`: counts and checksums). A unit
+   with a record is done: a resumed build takes it as it is once its checksums match.
+2. plan: from the documents' lengths alone (a few bytes each), the rows (one document each, or packed)
+   and the output shards they fall into: `plan_shards`.
+3. write: each output shard from the spills, by row range: `write_shard`.
+
+Everything is named by positions in the input (unit numbers, shard numbers), never by when a piece of
+work finished, so the output is the same bytes whatever ran it, in whatever order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from . import __version__
+from .config import BuildConfig
+from .manifest import ShardInfo
+from .packing import pack_arrays
+from .rejects import Reject
+from .shards import MappedShard, Row, ShardWriter, shard_columns
+from .sources import Unit
+from .storage import Folder
+from .timing import StageSeconds
+from .worker import BatchResult
+
+UNITS = ".units.tmp"  # the spills: gone once the build is finished, kept by a killed one for --resume
+ROWS_PER_RELEASE = 8  # packed rows between releases of the spills' pages: each document read maps 64 KB around it
+NO_LIMIT = 1 << 62
+
+
+def spill_name(index: int) -> str:
+    return f"unit-{index:05d}.arrow"
+
+
+def rejects_name(index: int) -> str:
+    return f"unit-{index:05d}.rejects.jsonl"
+
+
+def record_name(index: int) -> str:
+    return f"unit-{index:05d}.json"
+
+
+def build_key(config: BuildConfig, tokenizer_fingerprint: str, template_fingerprint: str) -> str:
+    """What a unit's output depends on besides its input: settings (less those only about how the work
+    runs), tokenizer, template, sftdata's version. A resumed build reuses only units of the same key."""
+    settings = {k: v for k, v in config.to_json().items() if k not in BuildConfig.RUN_SETTINGS}
+    text = json.dumps([settings, tokenizer_fingerprint, template_fingerprint, __version__], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class UnitCounts:
+    """What a batch, or a whole unit, counted."""
+
+    records: int = 0
+    records_written: int = 0  # records with at least one document
+    documents: int = 0
+    rejected: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    truncated: int = 0
+    split_pieces: int = 0
+    comparator_template_not_found: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    span_methods: Counter = field(default_factory=Counter)
+    unrendered_fields: Counter = field(default_factory=Counter)
+    seconds: StageSeconds = field(default_factory=StageSeconds)
+
+    @classmethod
+    def of(cls, result: BatchResult) -> UnitCounts:
+        return cls(records=result.records, records_written=len({d.source_id for d in result.documents}),
+                   documents=len(result.documents), rejected=len(result.rejects),
+                   tokens=sum(d.num_tokens for d in result.documents),
+                   trained_tokens=sum(d.num_trained for d in result.documents), truncated=result.truncated,
+                   split_pieces=result.split_pieces,
+                   comparator_template_not_found=result.comparator_template_not_found,
+                   reasons=Counter(r.reason.value for r in result.rejects), span_methods=Counter(result.span_methods),
+                   unrendered_fields=Counter(result.unrendered_fields), seconds=StageSeconds(result.seconds))
+
+    def add(self, other: UnitCounts) -> None:
+        for name, value in vars(other).items():
+            if isinstance(value, Counter):
+                getattr(self, name).update(value)
+            else:
+                setattr(self, name, getattr(self, name) + value)
+
+    def to_json(self) -> dict:
+        return {k: dict(v) if isinstance(v, Counter) else v for k, v in vars(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> UnitCounts:
+        counters = {"reasons": Counter, "span_methods": Counter, "unrendered_fields": Counter, "seconds": StageSeconds}
+        return cls(**{k: counters[k](v) if k in counters else v for k, v in data.items()})
+
+
+@dataclass
+class UnitRecord:
+    """A done unit, as `unit-NNNNN.json` holds it (written after its spill and rejects)."""
+
+    unit: Unit
+    key: str
+    counts: UnitCounts
+    spill_sha256: str | None  # None: no document (every record rejected)
+    rejects_sha256: str
+
+    def to_json(self) -> dict:
+        return {"unit": self.unit.to_json(), "key": self.key, "counts": self.counts.to_json(),
+                "spill_sha256": self.spill_sha256, "rejects_sha256": self.rejects_sha256}
+
+    @classmethod
+    def from_json(cls, data: dict) -> UnitRecord:
+        return cls(Unit.from_json(data["unit"]), data["key"], UnitCounts.from_json(data["counts"]),
+                   data["spill_sha256"], data["rejects_sha256"])
+
+
+class UnitOutcome(NamedTuple):
+    """What the driver gets back from a unit: its record and its documents' lengths, nothing else."""
+
+    record: UnitRecord
+    lengths: np.ndarray  # int32, one per document, in input order
+
+
+class UnitJob(NamedTuple):
+    """What every unit shares: where spills go, and the key they are made under."""
+
+    units_dir: str
+    key: str
+
+
+class UnitSink:
+    """Where one unit's batch results go, in input order: documents to its spill, rejects in memory
+    (a unit's are few) until the unit is done."""
+
+    def __init__(self, job: UnitJob, unit: Unit):
+        self.job, self.unit = job, unit
+        self.folder = Folder(job.units_dir)
+        self.spill = ShardWriter(self.folder, NO_LIMIT, first_index=unit.index, prefix="unit")
+        self.rejects: list[str] = []
+        self.lengths: list[int] = []
+        self.counts = UnitCounts()
+
+    def add(self, result: BatchResult, counts: UnitCounts) -> None:
+        for doc in result.documents:
+            self.spill.write(Row(doc.input_ids, doc.loss_mask, [doc.num_tokens], [doc.source_id]))
+            self.lengths.append(doc.num_tokens)
+        self.rejects.extend(_reject_line(r) for r in result.rejects)
+        self.counts.add(counts)
+
+    def close(self) -> UnitOutcome:
+        spilled = self.spill.close()
+        rejects_sha = self.folder.write_bytes(rejects_name(self.unit.index), "".join(self.rejects).encode("utf-8"))
+        record = UnitRecord(self.unit, self.job.key, self.counts, spilled[0].sha256 if spilled else None, rejects_sha)
+        self.folder.write_bytes(record_name(self.unit.index), json.dumps(record.to_json()).encode("utf-8"))
+        return UnitOutcome(record, np.asarray(self.lengths, dtype=np.int32))
+
+
+def _reject_line(reject: Reject) -> str:
+    return json.dumps(reject.to_json(), ensure_ascii=False) + "\n"
+
+
+def completed(job: UnitJob, unit: Unit) -> UnitOutcome | None:
+    """The unit's outcome from what an earlier run of the same build left, if that is whole: its record
+    names this very unit under the same key, and its spill and rejects match their checksums."""
+    folder = Folder(job.units_dir)
+    if not folder.exists(record_name(unit.index)):
+        return None
+    record = UnitRecord.from_json(json.loads(folder.read_bytes(record_name(unit.index))))
+    if record.unit != unit or record.key != job.key:
+        return None
+    if not folder.exists(rejects_name(unit.index)) or folder.sha256(rejects_name(unit.index)) != record.rejects_sha256:
+        return None
+    if record.spill_sha256 is None:
+        return UnitOutcome(record, np.zeros(0, np.int32))
+    if not folder.exists(spill_name(unit.index)) or folder.sha256(spill_name(unit.index)) != record.spill_sha256:
+        return None
+    lengths = [np.diff(columns.offsets[0]) for columns in shard_columns(MappedShard(folder.url(spill_name(unit.index))).table)]
+    return UnitOutcome(record, np.concatenate(lengths).astype(np.int32))
+
+
+class ShardTask(NamedTuple):
+    """One output shard: its number, and its rows as documents (numbered across the build, in input
+    order): row r holds documents[row_offsets[r] : row_offsets[r + 1]]."""
+
+    index: int
+    documents: np.ndarray
+    row_offsets: np.ndarray
+
+
+class WriteJob(NamedTuple):
+    units_dir: str
+    out_dir: str
+    unit_starts: np.ndarray  # the number of the first document of each unit; one more: all documents
+    unit_indices: np.ndarray  # each of those units' number (units without documents are left out)
+
+
+def plan_rows(lengths: np.ndarray, capacity: int | None, seed: int, pack: bool
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(order, offsets): row r holds documents order[offsets[r] : offsets[r + 1]]; one document a row
+    in input order unless packed."""
+    if pack:
+        return pack_arrays(lengths, capacity, seed)
+    return np.arange(len(lengths), dtype=np.int64), np.arange(len(lengths) + 1, dtype=np.int64)
+
+
+def plan_shards(lengths: np.ndarray, order: np.ndarray, offsets: np.ndarray, shard_tokens: int) -> list[ShardTask]:
+    """The rows cut into shards as one ShardWriter would cut them: a shard closes after the row that
+    brings it to `shard_tokens` tokens."""
+    ends = np.cumsum(lengths[order], dtype=np.int64)[offsets[1:] - 1] if len(offsets) > 1 else np.zeros(0, np.int64)
+    tasks, first, base = [], 0, 0
+    while first < len(ends):
+        last = min(int(np.searchsorted(ends, base + shard_tokens, side="left")), len(ends) - 1)
+        rows = offsets[first : last + 2]
+        tasks.append(ShardTask(len(tasks), order[rows[0] : rows[-1]], rows - rows[0]))
+        first, base = last + 1, int(ends[last])
+    return tasks
+
+
+def write_shard(task: ShardTask, job: WriteJob) -> ShardInfo:
+    """One output shard from the spills of the units its documents come from (only those are opened)."""
+    units = Folder(job.units_dir)
+    position = np.searchsorted(job.unit_starts, task.documents, side="right") - 1  # which unit, by position
+    spills: dict[int, list] = {}
+    writer = ShardWriter(job.out_dir, NO_LIMIT, first_index=task.index)
+    for r in range(len(task.row_offsets) - 1):
+        if r % ROWS_PER_RELEASE == 0:  # rows gather documents from all over the spills: keep memory flat
+            for shard, _ in spills.values():
+                shard.release()
+        pieces = []
+        for k in range(task.row_offsets[r], task.row_offsets[r + 1]):
+            p = int(position[k])
+            if p not in spills:
+                spills[p] = _spill_index(MappedShard(units.url(spill_name(int(job.unit_indices[p])))))
+            pieces.append(_document(spills[p][1], int(task.documents[k] - job.unit_starts[p])))
+        writer.write(Row(np.concatenate([x.input_ids for x in pieces]), np.concatenate([x.loss_mask for x in pieces]),
+                         np.concatenate([x.seq_lens for x in pieces]), np.concatenate([x.source_ids for x in pieces])))
+    (info,) = writer.close()
+    return info
+
+
+def _spill_index(shard: MappedShard) -> tuple[MappedShard, list]:
+    """The spill, and its record batches as columns with the number of their first document."""
+    batches, first = [], 0
+    for columns in shard_columns(shard.table):
+        batches.append((first, columns))
+        first += columns.rows
+    return shard, batches
+
+
+def _document(batches: list, i: int) -> Row:
+    for first, columns in reversed(batches):
+        if i >= first:
+            return columns.row(i - first)
+    raise IndexError(f"document {i} is not in this spill")
