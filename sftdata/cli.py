@@ -32,9 +32,11 @@ def add_build_parser(sub) -> None:
                        description=BUILD_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="JSONL, JSON, Parquet files or datasets folders, read in order")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder: a local path or a URL (s3://, gs://, ...)")
     add_flags(p, BuildConfig)
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="finish a build that was killed: reuse the units of input it completed (checked by checksum)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not write OUT/report.html (summary, charts, sampled documents with their masks)")
@@ -78,7 +80,8 @@ def run_build(args) -> int:
                                          f"{p.rejected:,} rejected  {p.tokens:,} tokens  {rate:,.0f} tokens/s")
 
         try:
-            manifest = build(args.inputs, args.out, config, overwrite=args.overwrite, on_progress=show)
+            manifest = build(args.inputs, args.out, config, overwrite=args.overwrite, on_progress=show,
+                             resume=args.resume)
         except (BuildError, InputError, TokenizerError, TemplateRenderError) as err:
             console.print(f"[bold red]error:[/] {escape(str(err))}")
             return 2

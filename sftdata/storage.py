@@ -111,6 +111,7 @@ class Folder:
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
         self.fs, self._root = filesystem(self.path)
+        self.fs.invalidate_cache()  # an object store's listings, cached by this process, may be stale
 
     def __str__(self) -> str:
         return public(self.path)

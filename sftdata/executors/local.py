@@ -65,10 +65,15 @@ def _fewer_collections() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _init_worker(config: BuildConfig, tokenizer: ModelTokenizer) -> None:
+def prepare_worker_process() -> None:
+    """For a process that is the build's for its whole life (a pool process, a Ray actor)."""
     # a core per worker: the tokenizer's own thread pool would oversubscribe them
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _collect_less()  # a pool process is the build's for its whole life
+    _collect_less()
+
+
+def _init_worker(config: BuildConfig, tokenizer: ModelTokenizer) -> None:
+    prepare_worker_process()
     global _worker
     _worker = Worker(config, tokenizer)
 

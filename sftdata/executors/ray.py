@@ -1,0 +1,102 @@
+"""The build's phases (units.py) on a Ray cluster: `--executor ray [--ray-address ADDRESS]`.
+
+- plan: one task per input file;
+- map: one actor per worker (a CPU each), holding what a worker needs (tokenizer, compiled template,
+  probed facts: loaded once per actor, the tokenizer shipped from the driver through the object store,
+  so nodes need no copy of it); each takes a unit at a time, renders and encodes its batches as the
+  local executor's single worker does (`overlapped`), and writes the unit's spill, rejects and record
+  into OUT/.units.tmp itself. Only the unit's record and its documents' lengths come back;
+- write: one task per output shard, reading the spills of the units its rows come from.
+
+Units are numbered by their position in the input, shards by their position in the plan, and every
+file is written whole under its final name only once complete: an actor that dies (a killed worker
+process, a lost node) is restarted and its units run again, writing the same bytes, and the order in
+which units finish changes nothing. The driver holds only units' records and lengths.
+
+Every node needs sftdata (`pip install sftdata[ray]`) and access to the inputs and OUT (a shared
+filesystem or object storage, with credentials in the nodes' environment).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Callable, Iterator
+
+import ray
+
+from ..config import BuildConfig, InputFormat
+from ..manifest import ShardInfo
+from ..sources import FilePlan, Unit, plan_file, read_unit
+from ..tokenizer import ModelTokenizer
+from ..units import ShardTask, UnitCounts, UnitJob, UnitOutcome, UnitSink, WriteJob, write_shard
+from ..worker import Worker
+from .local import overlapped, prepare_worker_process
+
+UNITS_PER_ACTOR = 2  # units queued on each actor, so none waits for the driver between two
+
+
+class UnitMapper:
+    """A Ray actor turning units into spills: the worker of one CPU."""
+
+    def __init__(self, config: BuildConfig, tokenizer: ModelTokenizer):
+        prepare_worker_process()
+        self.worker = Worker(config, tokenizer)
+
+    def map(self, unit: Unit, job: UnitJob) -> UnitOutcome:
+        sink = UnitSink(job, unit)
+        records = read_unit(unit)
+        batches = iter(lambda: list(itertools.islice(records, self.worker.config.batch_size)), [])
+        for result in overlapped(self.worker, batches):
+            sink.add(result, UnitCounts.of(result))
+        return sink.close()
+
+
+class RayExecutor:
+    def __init__(self, config: BuildConfig, local: Worker):
+        self.config = config
+        # with no address Ray starts a cluster of this machine for the build (no dashboard: nobody watches it)
+        own = {"include_dashboard": False} if config.ray_address is None else {}
+        ray.init(address=config.ray_address, logging_level=logging.WARNING, log_to_driver=False, **own)
+        self.workers = config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.tokenizer = ray.put(local.tokenizer)
+        # a task or actor whose process dies runs again (actors restart, then retry their units)
+        self.plan_file = ray.remote(num_cpus=1, max_retries=-1)(plan_file)
+        self.write_shard = ray.remote(num_cpus=1, max_retries=-1)(write_shard)
+        self.mapper = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(UnitMapper)
+
+    def plan(self, paths: list[str], fmt: InputFormat, unit_records: int) -> list[FilePlan]:
+        return ray.get([self.plan_file.remote(p, fmt, unit_records) for p in paths])
+
+    def map(self, units: list[Unit], job: UnitJob, progressed: Callable[[UnitCounts], None]
+            ) -> Iterator[UnitOutcome]:
+        """Outcomes as units finish, whatever their order; each actor kept UNITS_PER_ACTOR units ahead."""
+        actors = [self.mapper.remote(self.config, self.tokenizer) for _ in range(min(self.workers, len(units)))]
+        todo = iter(units)
+        running: dict = {}
+        for actor in actors * UNITS_PER_ACTOR:
+            self._give(actor, todo, job, running)
+        try:
+            while running:
+                (done,), _ = ray.wait(list(running), num_returns=1)
+                actor = running.pop(done)
+                outcome = ray.get(done)
+                progressed(outcome.record.counts)
+                yield outcome
+                self._give(actor, todo, job, running)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+
+    @staticmethod
+    def _give(actor, todo: Iterator[Unit], job: UnitJob, running: dict) -> None:
+        unit = next(todo, None)
+        if unit is not None:
+            running[actor.map.remote(unit, job)] = actor
+
+    def write(self, tasks: list[ShardTask], job: WriteJob) -> list[ShardInfo]:
+        shared = ray.put(job)
+        return ray.get([self.write_shard.remote(task, shared) for task in tasks])
+
+    def close(self) -> None:
+        ray.shutdown()
