@@ -26,6 +26,7 @@ import torch
 
 from sftdata.manifest import EVAL_DIR, Manifest
 from sftdata.shards import Row, open_shard, shard_columns
+from sftdata.storage import join
 from sfttrain.attention import position_ids
 from sfttrain.loss import IGNORE_INDEX
 
@@ -130,12 +131,12 @@ class RowStore:
     def __init__(self, build_dir: str | Path, split: str = "train"):
         self.manifest = Manifest.read(build_dir)
         if split == "train":
-            folder, shards = Path(build_dir), self.manifest.shards
+            folder, shards = str(build_dir), self.manifest.shards
         else:
-            folder, shards = Path(build_dir) / EVAL_DIR, self.manifest.eval.shards if self.manifest.eval else []
+            folder, shards = join(str(build_dir), EVAL_DIR), self.manifest.eval.shards if self.manifest.eval else []
         self._batches, starts, lengths = [], [0], []
         for shard in shards:
-            for columns in shard_columns(open_shard(folder / shard.name)):
+            for columns in shard_columns(open_shard(join(folder, shard.name))):
                 self._batches.append(columns)
                 starts.append(starts[-1] + columns.rows)
                 lengths.append(np.diff(columns.offsets[0]))
