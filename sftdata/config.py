@@ -112,7 +112,7 @@ class BuildConfig:
     ray_address: str | None = setting(None, "the Ray cluster to use with --executor ray: `auto`, "
                                             "ray://host:10001, or host:6379; none starts a local one",
                                       metavar="ADDRESS")
-    unit_records: int = setting(8192, "records per unit of input: what one Ray worker takes at a time, and "
+    unit_records: int = setting(2048, "records per unit of input: what one Ray worker takes at a time, and "
                                       "what --resume reuses or redoes whole")
 
     # how the work runs: a build resumed with other values of these reuses the units already done

@@ -1,12 +1,14 @@
 """The build's phases (units.py) on a Ray cluster: `--executor ray [--ray-address ADDRESS]`.
 
-- plan: one task per input file;
-- map: one actor per worker (a CPU each), holding what a worker needs (tokenizer, compiled template,
-  probed facts: loaded once per actor, the tokenizer shipped from the driver through the object store,
-  so nodes need no copy of it); each takes a unit at a time, renders and encodes its batches as the
-  local executor's single worker does (`overlapped`), and writes the unit's spill, rejects and record
-  into OUT/.units.tmp itself. Only the unit's record and its documents' lengths come back;
-- write: one task per output shard, reading the spills of the units its rows come from.
+One actor per worker (a CPU each) does every phase's work, so each process imports sftdata and loads
+what a worker needs (tokenizer, compiled template, probed facts) once: the tokenizer is shipped from the
+driver through the object store, so nodes need no copy of it. The actors start while the driver plans.
+
+- plan: one call per input file, spread over the actors;
+- map: each actor takes a unit at a time, renders and encodes its batches as the local executor's
+  single worker does (`overlapped`), and writes the unit's spill, rejects and record into
+  OUT/.units.tmp itself. Only the unit's record and its documents' lengths come back;
+- write: one call per output shard, reading the spills of the units its rows come from.
 
 Units are numbered by their position in the input, shards by their position in the plan, and every
 file is written whole under its final name only once complete: an actor that dies (a killed worker
@@ -43,6 +45,12 @@ class UnitMapper:
         prepare_worker_process()
         self.worker = Worker(config, tokenizer)
 
+    def plan(self, path: str, fmt: InputFormat, unit_records: int) -> FilePlan:
+        return plan_file(path, fmt, unit_records)
+
+    def write(self, task: ShardTask, job: WriteJob) -> ShardInfo:
+        return write_shard(task, job)
+
     def map(self, unit: Unit, job: UnitJob) -> UnitOutcome:
         sink = UnitSink(job, unit)
         records = read_unit(unit)
@@ -58,35 +66,35 @@ class RayExecutor:
         # with no address Ray starts a cluster of this machine for the build (no dashboard: nobody watches it)
         own = {"include_dashboard": False} if config.ray_address is None else {}
         ray.init(address=config.ray_address, logging_level=logging.WARNING, log_to_driver=False, **own)
-        self.workers = config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self.tokenizer = ray.put(local.tokenizer)
-        # a task or actor whose process dies runs again (actors restart, then retry their units)
-        self.plan_file = ray.remote(num_cpus=1, max_retries=-1)(plan_file)
-        self.write_shard = ray.remote(num_cpus=1, max_retries=-1)(write_shard)
-        self.mapper = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(UnitMapper)
+        workers = config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # an actor whose process dies is restarted, and the calls it had not answered run again
+        mapper = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(UnitMapper)
+        tokenizer = ray.put(local.tokenizer)
+        self.actors = [mapper.remote(config, tokenizer) for _ in range(workers)]
+
+    def _spread(self, method: str, items: list, *shared) -> list:
+        """`method` of the actors over `items`, dealt round-robin; the results in the items' order."""
+        calls = [getattr(self.actors[i % len(self.actors)], method).remote(item, *shared)
+                 for i, item in enumerate(items)]
+        return ray.get(calls)
 
     def plan(self, paths: list[str], fmt: InputFormat, unit_records: int) -> list[FilePlan]:
-        return ray.get([self.plan_file.remote(p, fmt, unit_records) for p in paths])
+        return self._spread("plan", paths, fmt, unit_records)
 
     def map(self, units: list[Unit], job: UnitJob, progressed: Callable[[UnitCounts], None]
             ) -> Iterator[UnitOutcome]:
         """Outcomes as units finish, whatever their order; each actor kept UNITS_PER_ACTOR units ahead."""
-        actors = [self.mapper.remote(self.config, self.tokenizer) for _ in range(min(self.workers, len(units)))]
         todo = iter(units)
         running: dict = {}
-        for actor in actors * UNITS_PER_ACTOR:
+        for actor in self.actors * UNITS_PER_ACTOR:
             self._give(actor, todo, job, running)
-        try:
-            while running:
-                (done,), _ = ray.wait(list(running), num_returns=1)
-                actor = running.pop(done)
-                outcome = ray.get(done)
-                progressed(outcome.record.counts)
-                yield outcome
-                self._give(actor, todo, job, running)
-        finally:
-            for actor in actors:
-                ray.kill(actor)
+        while running:
+            (done,), _ = ray.wait(list(running), num_returns=1)
+            actor = running.pop(done)
+            outcome = ray.get(done)
+            progressed(outcome.record.counts)
+            yield outcome
+            self._give(actor, todo, job, running)
 
     @staticmethod
     def _give(actor, todo: Iterator[Unit], job: UnitJob, running: dict) -> None:
@@ -95,8 +103,9 @@ class RayExecutor:
             running[actor.map.remote(unit, job)] = actor
 
     def write(self, tasks: list[ShardTask], job: WriteJob) -> list[ShardInfo]:
-        shared = ray.put(job)
-        return ray.get([self.write_shard.remote(task, shared) for task in tasks])
+        return self._spread("write", tasks, ray.put(job))
 
     def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
         ray.shutdown()
