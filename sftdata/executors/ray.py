@@ -69,8 +69,9 @@ class RayExecutor:
         workers = config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         # an actor whose process dies is restarted, and the calls it had not answered run again
         mapper = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(UnitMapper)
-        tokenizer = ray.put(local.tokenizer)
-        self.actors = [mapper.remote(config, tokenizer) for _ in range(workers)]
+        # held for the whole build: an actor restarted after its process died is made from it again
+        self.tokenizer = ray.put(local.tokenizer)
+        self.actors = [mapper.remote(config, self.tokenizer) for _ in range(workers)]
 
     def _spread(self, method: str, items: list, *shared) -> list:
         """`method` of the actors over `items`, dealt round-robin; the results in the items' order."""
