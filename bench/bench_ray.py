@@ -86,7 +86,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            base = dict(tokenizer=str(TOKENIZER), max_length=4096, unit_records=args.unit_records)
+            base = {"tokenizer": str(TOKENIZER), "max_length": 4096, "unit_records": args.unit_records}
             rows = []
             for size in [args.conversations] + ([args.large] if args.large else []):
                 corpus = make_corpus(tmp, size)
@@ -98,7 +98,7 @@ def main() -> None:
                     rows.append((size, pack, local, dist))
     finally:
         subprocess.run(["ray", "stop", "--force"], check=True, capture_output=True)
-    print(f"| conversations | packed | local s | Ray s | Ray / local | local driver MB | Ray driver MB |")
+    print("| conversations | packed | local s | Ray s | Ray / local | local driver MB | Ray driver MB |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for size, pack, local, dist in rows:
         print(f"| {size:,} | {'yes' if pack else 'no'} | {local['wall']:.2f} | {dist['wall']:.2f} | "

@@ -11,21 +11,44 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 from . import __version__
 from .config import BuildConfig, Executor
 from .executors.local import LocalExecutor, default_workers
-from .manifest import MANIFEST, REJECTS, Counts, InputInfo, Manifest, TemplateInfo
+from .manifest import (
+    EVAL_DIR,
+    MANIFEST,
+    REJECTS,
+    Counts,
+    InputInfo,
+    Manifest,
+    PackingInfo,
+    ShardInfo,
+    SplitInfo,
+    TemplateInfo,
+)
 from .packing import fill_stats
 from .sources import FilePlan, Unit, units_of
+from .split import held_out
 from .storage import TMP, Folder, public
 from .timing import StageSeconds
-from .units import (UNITS, UnitCounts, UnitJob, UnitOutcome, WriteJob, build_key, completed, plan_rows,
-                    plan_shards, rejects_name)
+from .units import (
+    UNITS,
+    UnitCounts,
+    UnitJob,
+    UnitOutcome,
+    WriteJob,
+    build_key,
+    completed,
+    plan_rows,
+    plan_shards,
+    rejects_name,
+)
 from .worker import Worker
 
 
@@ -52,7 +75,7 @@ def _prepare_out_dir(out: Folder, overwrite: bool, resume: bool) -> None:
     out.remove(MANIFEST)  # first, so a killed rebuild never looks complete
     kept = {UNITS} if resume else set()  # the units a killed run finished
     for name in out.names():  # shards, rejects, and what a killed build left (temp files, its units)
-        if (name == REJECTS or name.endswith((".arrow", TMP))) and name not in kept:
+        if (name in (REJECTS, EVAL_DIR) or name.endswith((".arrow", TMP))) and name not in kept:
             out.remove(name)
 
 
@@ -136,13 +159,18 @@ def build(
         job = UnitJob(out.url(UNITS), build_key(config, local.tokenizer.fingerprint,
                                                 local.tokenizer.template_fingerprint))
         outcomes = _map(units, job, executor, tally, progressed, resume)
-        with tally.seconds.timing("plan_rows"):
-            lengths = np.concatenate([o.lengths for o in outcomes]) if outcomes else np.zeros(0, np.int32)
-            order, offsets = plan_rows(lengths, config.max_length, config.seed, config.pack)
-            tasks = plan_shards(lengths, order, offsets, config.shard_tokens)
-        with tally.seconds.timing("write"):
-            shards = executor.write(tasks, _write_job(job, out, outcomes))
-    packing = fill_stats(lengths, np.split(order, offsets[1:-1]), config.max_length) if config.pack else None
+        documents = _Documents.of(outcomes)
+        held = (held_out(documents.source_ids, config.eval_fraction, config.eval_records, config.seed)
+                if config.holds_out else np.zeros(len(documents.lengths), dtype=bool))
+        shards, packing = _write_split(executor, config, out.path, job, outcomes, documents, ~held, tally)
+        eval_split = None
+        if config.holds_out:
+            eval_shards, eval_packing = _write_split(executor, config, out.url(EVAL_DIR), job, outcomes, documents,
+                                                     held, tally)
+            eval_split = SplitInfo(records=len(np.unique(documents.source_ids[held])), documents=int(held.sum()),
+                                   tokens=int(documents.lengths[held].sum()),
+                                   trained_tokens=int(documents.trained[held].sum()),
+                                   rows=sum(s.rows for s in eval_shards), shards=eval_shards, packing=eval_packing)
     _merge_rejects(out, units)
 
     template = local.template
@@ -156,9 +184,10 @@ def build(
             renders=2 if template.passthrough_refusal else 1, why_two_renders=template.passthrough_refusal),
         config=config,
         inputs=tally.inputs(paths, plans),
-        counts=tally.counts(rows=sum(s.rows for s in shards)),
+        counts=tally.counts(rows=sum(s.rows for s in shards) + (eval_split.rows if eval_split else 0)),
         packing=packing,
         shards=shards,
+        eval=eval_split,
         seconds={**tally.total.seconds, **tally.seconds},
     )
     manifest.write(out)
@@ -183,11 +212,43 @@ def _map(units: list[Unit], job: UnitJob, executor, tally: _Tally, progressed: C
     return outcomes
 
 
-def _write_job(job: UnitJob, out: Folder, outcomes: list[UnitOutcome]) -> WriteJob:
+class _Documents(NamedTuple):
+    """Every document of the build, in input order: what the units sent back."""
+
+    lengths: np.ndarray
+    source_ids: np.ndarray
+    trained: np.ndarray
+
+    @classmethod
+    def of(cls, outcomes: list[UnitOutcome]) -> _Documents:
+        def joined(column: str, dtype) -> np.ndarray:
+            parts = [getattr(o, column) for o in outcomes]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+        return cls(joined("lengths", np.int32), joined("source_ids", np.int64), joined("trained", np.int32))
+
+
+def _write_split(executor, config: BuildConfig, out_dir: str, job: UnitJob, outcomes: list[UnitOutcome],
+                 documents: _Documents, chosen: np.ndarray, tally: _Tally) -> tuple[list[ShardInfo], PackingInfo | None]:
+    """The shards of one split (the chosen documents, in input order): rows planned from their lengths,
+    then written by the executor."""
+    with tally.seconds.timing("plan_rows"):
+        picked = np.flatnonzero(chosen)
+        lengths = documents.lengths[picked]
+        order, offsets = plan_rows(lengths, config.max_length, config.seed, config.pack)
+        tasks = [task._replace(documents=picked[task.documents])
+                 for task in plan_shards(lengths, order, offsets, config.shard_tokens)]
+    with tally.seconds.timing("write"):
+        shards = executor.write(tasks, _write_job(job, out_dir, outcomes))
+    packing = fill_stats(lengths, np.split(order, offsets[1:-1]), config.max_length) if config.pack else None
+    return shards, packing
+
+
+def _write_job(job: UnitJob, out_dir: str, outcomes: list[UnitOutcome]) -> WriteJob:
     with_documents = [o for o in outcomes if len(o.lengths)]
     starts = np.zeros(len(with_documents) + 1, dtype=np.int64)
     np.cumsum([len(o.lengths) for o in with_documents], out=starts[1:])
-    return WriteJob(job.units_dir, out.path, starts,
+    return WriteJob(job.units_dir, out_dir, starts,
                     np.asarray([o.record.unit.index for o in with_documents], dtype=np.int64))
 
 

@@ -16,8 +16,9 @@ import io
 import itertools
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from .config import InputFormat
 from .formats import detect_format

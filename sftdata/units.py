@@ -124,10 +124,13 @@ class UnitRecord:
 
 
 class UnitOutcome(NamedTuple):
-    """What the driver gets back from a unit: its record and its documents' lengths, nothing else."""
+    """What the driver gets back from a unit: its record and, per document in input order, its length,
+    its record's source id and its trained tokens (what rows and the eval split are planned from)."""
 
     record: UnitRecord
-    lengths: np.ndarray  # int32, one per document, in input order
+    lengths: np.ndarray  # int32
+    source_ids: np.ndarray  # int64
+    trained: np.ndarray  # int32
 
 
 class UnitJob(NamedTuple):
@@ -147,12 +150,16 @@ class UnitSink:
         self.spill = ShardWriter(self.folder, NO_LIMIT, first_index=unit.index, prefix="unit")
         self.rejects: list[str] = []
         self.lengths: list[int] = []
+        self.source_ids: list[int] = []
+        self.trained: list[int] = []
         self.counts = UnitCounts()
 
     def add(self, result: BatchResult, counts: UnitCounts) -> None:
         for doc in result.documents:
             self.spill.write(Row(doc.input_ids, doc.loss_mask, [doc.num_tokens], [doc.source_id]))
             self.lengths.append(doc.num_tokens)
+            self.source_ids.append(doc.source_id)
+            self.trained.append(doc.num_trained)
         self.rejects.extend(_reject_line(r) for r in result.rejects)
         self.counts.add(counts)
 
@@ -161,7 +168,8 @@ class UnitSink:
         rejects_sha = self.folder.write_bytes(rejects_name(self.unit.index), "".join(self.rejects).encode("utf-8"))
         record = UnitRecord(self.unit, self.job.key, self.counts, spilled[0].sha256 if spilled else None, rejects_sha)
         self.folder.write_bytes(record_name(self.unit.index), json.dumps(record.to_json()).encode("utf-8"))
-        return UnitOutcome(record, np.asarray(self.lengths, dtype=np.int32))
+        return UnitOutcome(record, np.asarray(self.lengths, dtype=np.int32),
+                           np.asarray(self.source_ids, dtype=np.int64), np.asarray(self.trained, dtype=np.int32))
 
 
 def _reject_line(reject: Reject) -> str:
@@ -180,11 +188,14 @@ def completed(job: UnitJob, unit: Unit) -> UnitOutcome | None:
     if not folder.exists(rejects_name(unit.index)) or folder.sha256(rejects_name(unit.index)) != record.rejects_sha256:
         return None
     if record.spill_sha256 is None:
-        return UnitOutcome(record, np.zeros(0, np.int32))
+        return UnitOutcome(record, np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32))
     if not folder.exists(spill_name(unit.index)) or folder.sha256(spill_name(unit.index)) != record.spill_sha256:
         return None
-    lengths = [np.diff(columns.offsets[0]) for columns in shard_columns(MappedShard(folder.url(spill_name(unit.index))).table)]
-    return UnitOutcome(record, np.concatenate(lengths).astype(np.int32))
+    batches = list(shard_columns(MappedShard(folder.url(spill_name(unit.index))).table))
+    return UnitOutcome(record, np.concatenate([np.diff(c.offsets[0]) for c in batches]).astype(np.int32),
+                       np.concatenate([c.values[3] for c in batches]).astype(np.int64),
+                       np.concatenate([np.add.reduceat(c.values[1], c.offsets[1][:-1], dtype=np.int64)
+                                       for c in batches]).astype(np.int32))
 
 
 class ShardTask(NamedTuple):

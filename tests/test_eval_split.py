@@ -10,8 +10,8 @@ import pytest
 from sftdata.build import build
 from sftdata.config import BuildConfig, ConfigError, Overlong
 from sftdata.manifest import EVAL_DIR, Manifest
-from sftdata.shards import Row, open_shard
-from sftdata.split import EvalSplit, eval_score
+from sftdata.shards import open_shard
+from sftdata.split import eval_score, held_out
 
 from .conftest import fixture_tokenizer
 from .test_packed_build import FIXTURE_INPUTS, documents, table_documents
@@ -22,10 +22,6 @@ def _eval_documents(out) -> dict:
     return table_documents(open_shard(out / EVAL_DIR / shard.name) for shard in Manifest.read(out).eval.shards)
 
 
-def _doc(source_id: int, n: int = 3) -> Row:
-    return Row(np.arange(n, dtype=np.int32), np.array([0] + [1] * (n - 1), dtype=np.uint8), [n], [source_id])
-
-
 def test_scores_are_reproducible_and_spread_evenly():
     scores = [eval_score(i, 7) for i in range(20000)]
     assert scores == [eval_score(i, 7) for i in range(20000)]
@@ -34,21 +30,20 @@ def test_scores_are_reproducible_and_spread_evenly():
     assert abs(np.mean(np.array(scores) < 0.1) - 0.1) < 0.01
 
 
-@pytest.mark.parametrize("order", ["forward", "backward"])
-def test_a_count_holds_out_the_lowest_scores_whatever_the_arrival_order(order):
-    ids = list(range(300)) if order == "forward" else list(range(299, -1, -1))
-    train, held = [], []
-    split = EvalSplit(0.0, 25, seed=3, train=train.append, held_out=held.append)
-    for i in ids:
-        for _ in range(1 + i % 3):  # records of one to three documents (split-turns pieces)
-            split.write(_doc(i))
-    counts = split.finish()
+def test_a_count_holds_out_the_records_scoring_lowest_with_all_their_documents():
+    source_ids = np.asarray([i for i in range(300) for _ in range(1 + i % 3)])  # one to three documents a record
+    held = held_out(source_ids, 0.0, 25, seed=3)
     lowest = sorted(range(300), key=lambda i: eval_score(i, 3))[:25]
-    assert [int(d.source_ids[0]) for d in held] == [i for i in sorted(lowest) for _ in range(1 + i % 3)]
-    assert {int(d.source_ids[0]) for d in train}.isdisjoint(lowest)
-    assert len(train) + len(held) == sum(1 + i % 3 for i in range(300))
-    assert (counts.records, counts.documents) == (25, len(held))
-    assert counts.tokens == 3 * len(held) and counts.trained_tokens == 2 * len(held)
+    assert sorted(set(source_ids[held].tolist())) == sorted(lowest)
+    assert held.sum() == sum(1 + i % 3 for i in lowest)  # every document of a held record, none of the others
+    reversed_ids = source_ids[::-1]  # positions do not matter, only source ids
+    assert np.array_equal(held_out(reversed_ids, 0.0, 25, seed=3), held[::-1])
+
+
+def test_a_fraction_holds_out_the_records_scoring_below_it():
+    source_ids = np.arange(2000)
+    held = held_out(source_ids, 0.2, 0, seed=9)
+    assert held.tolist() == [eval_score(i, 9) < 0.2 for i in range(2000)]
 
 
 def test_settings_are_checked():

@@ -16,7 +16,7 @@ from .conftest import FIXTURES, REPO, fixture_tokenizer
 from .same_build import assert_same_build
 
 CHATML = fixture_tokenizer("chatml-bpe")
-SETTINGS = dict(tokenizer=CHATML, pack=True, max_length=512, unit_records=50, batch_size=16, workers=1)
+SETTINGS = {"tokenizer": CHATML, "pack": True, "max_length": 512, "unit_records": 50, "batch_size": 16, "workers": 1}
 
 
 def corpus(folder: Path, records: int) -> list[Path]:

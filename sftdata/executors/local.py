@@ -22,8 +22,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 from ..config import BuildConfig, InputFormat
 from ..manifest import ShardInfo

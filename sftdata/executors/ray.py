@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import ray
 

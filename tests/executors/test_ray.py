@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install sftdata[ray])")
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray.cluster_utils import Cluster
 
-from sftdata.build import build  # noqa: E402
-from sftdata.config import BuildConfig  # noqa: E402
-from sftdata.units import UNITS  # noqa: E402
+from sftdata.build import build
+from sftdata.config import BuildConfig
+from sftdata.units import UNITS
 
-from ..conftest import FIXTURES, REPO, SHARED, requires_shared, shared_tokenizer  # noqa: E402
-from ..same_build import assert_same_build  # noqa: E402
-from ..test_resume import SETTINGS, build_command, corpus, kill_when_units_done  # noqa: E402
+from ..conftest import FIXTURES, REPO, SHARED, requires_shared, shared_tokenizer
+from ..same_build import assert_same_build
+from ..test_resume import SETTINGS, build_command, corpus, kill_when_units_done
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,8 @@ def test_builds_of_the_shared_data_equal_the_local_build(cluster, tmp_path, pack
     data = SHARED / "datasets"
     inputs = [data / "dummy_conversation.json", data / "glaive_toolcall_en_demo.json",
               data / "reason_tool_use_demo_50.jsonl", data / "v1_sft_demo.jsonl", data / "alpaca_en_demo.json"]
-    settings = dict(tokenizer=shared_tokenizer("llama3_1"), pack=pack, max_length=2048, shard_tokens=150_000,
-                    unit_records=400)
+    settings = {"tokenizer": shared_tokenizer("llama3_1"), "pack": pack, "max_length": 2048, "shard_tokens": 150_000,
+                    "unit_records": 400}
     local = build(inputs, tmp_path / "local", BuildConfig(**settings, workers=2))
     distributed = build(inputs, tmp_path / "ray", BuildConfig(**settings, executor="ray", ray_address=cluster))
     assert len(local.shards) > 1 and distributed.config.executor.value == "ray"
