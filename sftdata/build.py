@@ -20,25 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .config import BuildConfig
+from .config import BuildConfig, SpecialText
 from .executors.local import default_workers, run_batches
-from .manifest import (
-    EVAL_DIR,
-    MANIFEST,
-    REJECTS,
-    Counts,
-    InputInfo,
-    Manifest,
-    PackingInfo,
-    ShardInfo,
-    SplitInfo,
-    TemplateInfo,
-)
+from .manifest import EVAL_DIR, REJECTS, Counts, InputInfo, Manifest, PackingInfo, ShardInfo, SplitInfo, TemplateInfo
+from .out_dir import Claim
+from .out_dir import claim as out_dir_claim
 from .packing import fill_stats, pack_arrays
 from .records import RawRecord
 from .shards import MappedShard, Row, ShardWriter, shard_columns
 from .sources import read_inputs
 from .split import EvalSplit
+from .special_text import special_text_error
 from .timing import StageSeconds
 from .worker import BatchResult, Worker
 
@@ -64,17 +56,6 @@ def _chunks(records: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]
     it = iter(records)
     while batch := list(itertools.islice(it, size)):
         yield batch
-
-
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    old = [p for p in out_dir.iterdir() if p.name in (MANIFEST, REJECTS, EVAL_DIR) or p.suffix == ".arrow"
-           or p.name.endswith(".tmp")]
-    if (out_dir / MANIFEST).exists() and not overwrite:
-        raise BuildError(f"{out_dir} already holds a build (manifest.json); pass --overwrite to replace it")
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # first, so a killed rebuild never looks complete
-    for path in old:  # shards, rejects, and what a killed build left (temp files, the packing spill)
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 class _Tally:
@@ -170,15 +151,24 @@ def build(
     if not paths:
         raise BuildError("no inputs given")
     local = Worker(config)  # loads tokenizer and template: a problem with either stops the build here
-    _prepare_out_dir(out_dir, overwrite)
-    workers = config.workers or default_workers()
+    if config.special_text is SpecialText.REJECT and config.system_prompt:
+        why = special_text_error(config.system_prompt, local.tokenizer.special_pattern)
+        if why:  # a setting, not a record: refused once instead of rejecting every record
+            raise BuildError(f"--system-prompt {why}")
+    with out_dir_claim(out_dir, paths, overwrite) as claim:
+        return _build(paths, claim, config, local, on_progress)
 
+
+def _build(paths: list[Path], claim: Claim, config: BuildConfig, local: Worker,
+           on_progress: Callable[[Progress], None] | None) -> Manifest:
+    out_dir = claim.path
+    workers = config.workers or default_workers()
     tally = _Tally(paths)
-    train = _SplitWriter(out_dir, ".spill.tmp", config)
-    held_out = _SplitWriter(out_dir / EVAL_DIR, ".spill.tmp", config) if config.holds_out else None
+    train = _SplitWriter(out_dir, claim.token, config)
+    held_out = _SplitWriter(out_dir / EVAL_DIR, claim.token, config) if config.holds_out else None
     split = EvalSplit(config.eval_fraction, config.eval_records, config.seed, train.documents.write,
                       held_out.documents.write) if held_out else None
-    rejects_tmp = out_dir / (REJECTS + ".tmp")
+    rejects_tmp = claim.temp(REJECTS)
     with open(rejects_tmp, "w", encoding="utf-8") as rejects_file:
         batches = _chunks(tally.watch(read_inputs(paths, config.format)), config.batch_size)
         for result in run_batches(batches, config, local, workers):
@@ -222,14 +212,14 @@ class _SplitWriter:
     """Where one split's documents go: straight into its shards, or (packing needs every length first)
     into an unpacked spill that close() packs into the shards."""
 
-    def __init__(self, out_dir: Path, spill_name: str, config: BuildConfig):
+    def __init__(self, out_dir: Path, token: str, config: BuildConfig):
         out_dir.mkdir(exist_ok=True)
         self.config = config
-        self.writer = ShardWriter(out_dir, config.shard_tokens)
-        self.spill_dir = out_dir / spill_name
+        self.writer = ShardWriter(out_dir, config.shard_tokens, token)
+        self.spill_dir = out_dir / f".spill.{token}.tmp"  # the build's own temporary name (out_dir.Claim)
         if config.pack:
-            self.spill_dir.mkdir(exist_ok=True)
-        self.documents = ShardWriter(self.spill_dir, 1 << 62) if config.pack else self.writer
+            self.spill_dir.mkdir()
+        self.documents = ShardWriter(self.spill_dir, 1 << 62, token) if config.pack else self.writer
 
     def close(self) -> tuple[list[ShardInfo], PackingInfo | None]:
         packing = None
@@ -269,4 +259,5 @@ def write_packed(spill_dir: Path, spilled: list[ShardInfo], writer: ShardWriter,
             pieces_ids.append(values[a:b])
             pieces_mask.append(masks[batch_of[d]][a:b])
         writer.write(Row(np.concatenate(pieces_ids), np.concatenate(pieces_mask), lengths[docs], source_ids[docs]))
-    return fill_stats(lengths, np.split(order, row_offsets[1:-1]), capacity)
+    rows = np.split(order, row_offsets[1:-1]) if len(row_offsets) > 1 else []  # no document: no row
+    return fill_stats(lengths, rows, capacity)

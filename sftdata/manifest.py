@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import BuildConfig
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: shards carry their file size
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 EVAL_DIR = "eval"  # the held-out split's shards, beside the train split's
@@ -98,6 +98,7 @@ class ShardInfo:
     rows: int
     tokens: int
     sha256: str
+    file_bytes: int  # the file's size: what every reader checks before use (the SHA-256 is `sftdata verify`'s)
 
 
 @dataclass
@@ -148,7 +149,30 @@ class Manifest:
         return _typed(cls, data, where)
 
     @classmethod
-    def read(cls, build_dir: str | os.PathLike) -> Manifest:
+    def read(cls, build_dir: str | os.PathLike, check_files: bool = True) -> Manifest:
+        """The manifest of a finished build; with `check_files`, only if every shard it lists is there with
+        its size (a cheap check that a shard was not truncated or replaced)."""
+        manifest = cls._read(build_dir)
+        problems = manifest.file_problems(build_dir) if check_files else []
+        if problems:
+            raise ManifestError(f"{build_dir} does not match its manifest: {'; '.join(problems)}. The build was "
+                                "damaged after it finished: rebuild it (`sftdata verify` checks it in full)")
+        return manifest
+
+    def file_problems(self, build_dir: str | os.PathLike) -> list[str]:
+        """What is wrong with the shard files against this manifest, by existence and size."""
+        problems = []
+        for shard in self.shards:
+            path = Path(build_dir) / shard.name
+            if not path.is_file():
+                problems.append(f"{shard.name} is missing")
+            elif path.stat().st_size != shard.file_bytes:
+                problems.append(f"{shard.name} is {path.stat().st_size:,} bytes, the manifest says "
+                                f"{shard.file_bytes:,}")
+        return problems
+
+    @classmethod
+    def _read(cls, build_dir: str | os.PathLike) -> Manifest:
         path = Path(build_dir) / MANIFEST
         if not path.exists():
             raise ManifestError(f"{build_dir} has no {MANIFEST}: it is not a finished sftdata build (run "
@@ -182,7 +206,7 @@ class Manifest:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one writer's own: two never share a temp file
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 

@@ -85,17 +85,20 @@ class ShardWriter:
     """Writes rows into numbered shards, each made visible only when complete (temp file + rename).
 
     A shard closes once it holds `shard_tokens` tokens; rows are written in record batches of
-    `batch_rows` so a reader can stream a shard without loading it whole.
+    `batch_rows` so a reader can stream a shard without loading it whole. `token` makes the temporary
+    names unique to one build.
     """
 
-    def __init__(self, out_dir: Path, shard_tokens: int, batch_rows: int = 1024):
+    def __init__(self, out_dir: Path, shard_tokens: int, token: str = "", batch_rows: int = 1024):
         self.out_dir = Path(out_dir)
+        self.tmp_suffix = f".{token}.tmp" if token else ".tmp"
         self.shard_tokens = shard_tokens
         self.batch_rows = batch_rows
         self.shards: list[ShardInfo] = []
         self._pending: list[Row] = []
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._tmp_path: Path | None = None
+        self._final: Path | None = None
         self._rows = 0
         self._tokens = 0
 
@@ -120,7 +123,8 @@ class ShardWriter:
         if not self._pending:
             return
         if self._writer is None:
-            self._tmp_path = self.out_dir / f"shard-{len(self.shards):05d}.arrow.tmp"
+            self._final = self.out_dir / f"shard-{len(self.shards):05d}.arrow"
+            self._tmp_path = self._final.with_name(self._final.name + self.tmp_suffix)
             self._writer = pa.ipc.new_stream(str(self._tmp_path), SCHEMA)
         self._writer.write_batch(rows_to_batch(self._pending))
         self._pending = []
@@ -130,10 +134,10 @@ class ShardWriter:
         if self._writer is None:
             return
         self._writer.close()
-        final = self._tmp_path.with_suffix("")  # drop ".tmp"
+        final = self._final
         os.replace(self._tmp_path, final)
-        self.shards.append(ShardInfo(final.name, self._rows, self._tokens, _sha256(final)))
-        self._writer, self._tmp_path, self._rows, self._tokens = None, None, 0, 0
+        self.shards.append(ShardInfo(final.name, self._rows, self._tokens, _sha256(final), final.stat().st_size))
+        self._writer, self._tmp_path, self._final, self._rows, self._tokens = None, None, None, 0, 0
 
 
 def open_shard(path: str | os.PathLike) -> pa.Table:

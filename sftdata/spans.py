@@ -30,7 +30,7 @@ from .config import SpecialText, TrainOn
 from .passthrough import PRIVATE_PLANES
 from .records import Conversation, Message, MessageSpan, Range, Rendered, TemplateFacts
 from .rejects import Reason, RecordError
-from .special_text import reject_special_text
+from .special_text import literal_ranges, reject_special_text
 from .template import ChatTemplate, TemplateRenderError
 from .train_flags import is_empty_turn, resolve_train_flags
 
@@ -297,7 +297,7 @@ def render_conversation(
     messages = conv.messages
     flags = resolve_train_flags(messages, train_on)
     if special_pattern is not None and special_text is SpecialText.REJECT:
-        reject_special_text(messages, special_pattern)
+        reject_special_text(conv, special_pattern)
     n = len(messages)
     wrap = _Wrapper()
     text, marked, sentinels, generation = None, None, None, ()
@@ -355,11 +355,8 @@ def render_conversation(
 
     literal = ()
     if special_pattern is not None and special_text is SpecialText.LITERAL:
-        literal = tuple(
-            (mt.start(), mt.end())
-            for mt in special_pattern.finditer(text)
-            if any(a <= mt.start() and mt.end() <= b for s in spans for a, b in s.data)
-        )
+        literal = literal_ranges(conv, text, special_pattern,
+                                 lambda c: template.render(template_messages(c.messages), c.tools).text)
     return Rendered(conv.source_id, text, tuple(spans), method, literal, train_on is TrainOn.ALL, unrendered)
 
 
