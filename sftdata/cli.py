@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import BuildConfig, ConfigError
 from .inspect.commands import add_parsers as add_inspect_parsers
+from .inspect.verify import add_parser as add_verify_parser
 from .inspect.report import report_after_build
 from .manifest import Manifest
 from .options import add_flags, settings_from_args
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_build_parser(sub)
     add_inspect_parsers(sub)
+    add_verify_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
