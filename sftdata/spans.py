@@ -225,8 +225,9 @@ def _difference_region(text: str, changed: str) -> list[Range]:
 
 
 def _perturbed(text: str, _index: int, _kind: str = "content") -> str:
-    # a private-use character differs from every real character, so the difference covers the field
-    return "\U000F0000" if text else text
+    # a private-use character the field does not hold, so that it differs from whatever character of the
+    # field a template puts first or last, and the difference covers the whole field
+    return next(chr(c) for c in range(SENTINEL_BASE, SENTINEL_BASE + len(text) + 1) if chr(c) not in text) if text else text
 
 
 def _locate_by_difference(conv: Conversation, template: ChatTemplate, text: str, i: int) -> list[Range]:
