@@ -73,7 +73,7 @@ def rows_to_batch(rows: Sequence[Row]) -> pa.RecordBatch:
     )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -136,7 +136,7 @@ class ShardWriter:
         self._writer.close()
         final = self._final
         os.replace(self._tmp_path, final)
-        self.shards.append(ShardInfo(final.name, self._rows, self._tokens, _sha256(final), final.stat().st_size))
+        self.shards.append(ShardInfo(final.name, self._rows, self._tokens, file_sha256(final), final.stat().st_size))
         self._writer, self._tmp_path, self._final, self._rows, self._tokens = None, None, None, 0, 0
 
 

@@ -16,7 +16,6 @@ Exit status 0 when every check passes, 1 naming each that failed, 2 when OUT is 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from collections import Counter
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..manifest import REJECTS, Manifest, ManifestError, ShardInfo
-from ..shards import Columns, open_shard, shard_columns
+from ..shards import Columns, file_sha256, open_shard, shard_columns
 
 SHOWN_PER_CHECK = 3  # examples printed for each failed check
 
@@ -61,14 +60,6 @@ class Totals:
     tokens: int = 0
     trained: int = 0
     source_ids: list = field(default_factory=list)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_rows(columns: Columns, where: str, manifest: Manifest, found: Findings) -> tuple[int, int, np.ndarray]:
@@ -133,7 +124,7 @@ def _check_shard(build_dir: Path, info: ShardInfo, manifest: Manifest, found: Fi
         found.fail("shards missing", info.name)
         return
     found.expect(f"{info.name} size in bytes", path.stat().st_size, info.file_bytes)
-    found.expect(f"{info.name} SHA-256", _sha256(path), info.sha256)
+    found.expect(f"{info.name} SHA-256", file_sha256(path), info.sha256)
     try:
         table = open_shard(path)
     except (OSError, ValueError) as err:  # what pyarrow raises for a stream it cannot read
