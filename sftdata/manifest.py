@@ -162,14 +162,18 @@ class Manifest:
     def file_problems(self, build_dir: str | os.PathLike) -> list[str]:
         """What is wrong with the shard files against this manifest, by existence and size."""
         problems = []
-        for shard in self.shards:
-            path = Path(build_dir) / shard.name
+        for name, shard in self.shard_files():
+            path = Path(build_dir) / name
             if not path.is_file():
-                problems.append(f"{shard.name} is missing")
+                problems.append(f"{name} is missing")
             elif path.stat().st_size != shard.file_bytes:
-                problems.append(f"{shard.name} is {path.stat().st_size:,} bytes, the manifest says "
-                                f"{shard.file_bytes:,}")
+                problems.append(f"{name} is {path.stat().st_size:,} bytes, the manifest says {shard.file_bytes:,}")
         return problems
+
+    def shard_files(self) -> list[tuple[str, ShardInfo]]:
+        """Every shard of the build, both splits, with its path relative to the build folder."""
+        held_out = self.eval.shards if self.eval else []
+        return [(s.name, s) for s in self.shards] + [(f"{EVAL_DIR}/{s.name}", s) for s in held_out]
 
     @classmethod
     def _read(cls, build_dir: str | os.PathLike) -> Manifest:

@@ -27,7 +27,8 @@ def builds(tmp_path_factory):
     root = tmp_path_factory.mktemp("verify")
     plain = BuildConfig(tokenizer=CHATML)
     packed = BuildConfig(tokenizer=CHATML, pack=True, max_length=200, overlong=Overlong.SPLIT_TURNS)
-    for name, config in (("plain", plain), ("packed", packed)):
+    held_out = BuildConfig(tokenizer=CHATML, pack=True, max_length=300, eval_records=4)
+    for name, config in (("plain", plain), ("packed", packed), ("eval", held_out)):
         build(INPUTS, root / name, config)
     return root
 
@@ -58,13 +59,22 @@ def _rewrite_shard(out, change) -> None:
     _edit_manifest(out, lambda d: d["shards"][0].update(sha256=info.sha256, file_bytes=info.file_bytes))
 
 
-@pytest.mark.parametrize("name", ["plain", "packed"])
+@pytest.mark.parametrize("name", ["plain", "packed", "eval"])
 def test_a_sound_build_passes(builds, name, capsys):
     assert verify_build(builds / name) == []
     assert main(["verify", str(builds / name)]) == 0
     assert "every check passed" in capsys.readouterr().out
     m = Manifest.read(builds / name)
-    assert m.counts.rejected > 0 and (name == "plain" or m.counts.documents > m.counts.records_written)
+    assert m.counts.rejected > 0 and (name != "packed" or m.counts.documents > m.counts.records_written)
+    assert (m.eval is not None and m.eval.records == 4) == (name == "eval")
+
+
+def test_an_eval_split_that_lies_fails(builds, tmp_path):
+    out = _copy(builds, "eval", tmp_path)
+    _edit_manifest(out, lambda d: d["eval"].update(documents=d["eval"]["documents"] + 1))
+    assert any(line.startswith("eval.documents") for line in verify_build(out))
+    (out / "eval" / "shard-00000.arrow").write_bytes(b"")
+    assert any(line.startswith("eval/shard-00000.arrow size in bytes") for line in verify_build(out))
 
 
 @pytest.mark.parametrize("damage, check", [

@@ -7,8 +7,8 @@ Everything that can be checked from the build's own files, without the inputs or
     token untrained (no target reaches across a document boundary), mask values 0/1, ids inside the
     vocabulary, no document starting with the BOS twice, source ids among the build's records, lengths
     within --max-length;
-  - counts: documents, rows, tokens, trained tokens and records written against `counts`, `inputs` and
-    `packing`; `rejects.jsonl` against the rejected counts and reasons; no record both written and
+  - counts: documents, rows, tokens, trained tokens and records written against `counts`, `inputs`,
+    `packing` and the eval split's `eval` (no record in both splits); `rejects.jsonl` against the rejected counts and reasons; no record both written and
     rejected; `records == records_written + rejected`, per input and in total.
 Exit status 0 when every check passes, 1 naming each that failed, 2 when OUT is not a folder.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..manifest import REJECTS, Manifest, ManifestError, ShardInfo
+from ..manifest import EVAL_DIR, REJECTS, Manifest, ManifestError, PackingInfo, ShardInfo
 from ..shards import Columns, file_sha256, open_shard, shard_columns
 
 SHOWN_PER_CHECK = 3  # examples printed for each failed check
@@ -118,27 +118,28 @@ def _check_documents(ids: np.ndarray, starts: np.ndarray, lens: np.ndarray, mani
                    int(twice.sum()))
 
 
-def _check_shard(build_dir: Path, info: ShardInfo, manifest: Manifest, found: Findings, totals: Totals) -> None:
-    path = build_dir / info.name
+def _check_shard(build_dir: Path, name: str, info: ShardInfo, manifest: Manifest, found: Findings,
+                 totals: Totals) -> None:
+    path = build_dir / name
     if not path.is_file():
-        found.fail("shards missing", info.name)
+        found.fail("shards missing", name)
         return
-    found.expect(f"{info.name} size in bytes", path.stat().st_size, info.file_bytes)
-    found.expect(f"{info.name} SHA-256", file_sha256(path), info.sha256)
+    found.expect(f"{name} size in bytes", path.stat().st_size, info.file_bytes)
+    found.expect(f"{name} SHA-256", file_sha256(path), info.sha256)
     try:
         table = open_shard(path)
     except (OSError, ValueError) as err:  # what pyarrow raises for a stream it cannot read
-        found.fail("shards unreadable", f"{info.name}: {err}")
+        found.fail("shards unreadable", f"{name}: {err}")
         return
     rows = tokens = 0
     for b, columns in enumerate(shard_columns(table)):
-        n, trained, sources = _check_rows(columns, f"{info.name} batch {b}", manifest, found)
+        n, trained, sources = _check_rows(columns, f"{name} batch {b}", manifest, found)
         rows, tokens = rows + columns.rows, tokens + n
         totals.trained += trained
         totals.documents += len(sources)
         totals.source_ids.append(sources)
-    found.expect(f"{info.name} rows", rows, info.rows)
-    found.expect(f"{info.name} tokens", tokens, info.tokens)
+    found.expect(f"{name} rows", rows, info.rows)
+    found.expect(f"{name} tokens", tokens, info.tokens)
     totals.rows, totals.tokens = totals.rows + rows, totals.tokens + tokens
 
 
@@ -159,14 +160,16 @@ def _read_rejects(build_dir: Path, found: Findings) -> list[tuple[int, str]]:
     return rejects
 
 
-def _check_counts(manifest: Manifest, totals: Totals, rejects: list[tuple[int, str]], found: Findings) -> None:
+def _check_counts(manifest: Manifest, train: Totals, held_out: Totals, rejects: list[tuple[int, str]],
+                  found: Findings) -> None:
     c = manifest.counts
-    written = np.concatenate(totals.source_ids) if totals.source_ids else np.zeros(0, np.int64)
+    sources = train.source_ids + held_out.source_ids
+    written = np.concatenate(sources) if sources else np.zeros(0, np.int64)
     distinct = np.unique(written)
-    found.expect("counts.rows", totals.rows, c.rows)
-    found.expect("counts.documents", totals.documents, c.documents)
-    found.expect("counts.tokens", totals.tokens, c.tokens)
-    found.expect("counts.trained_tokens", totals.trained, c.trained_tokens)
+    found.expect("counts.rows", train.rows + held_out.rows, c.rows)
+    found.expect("counts.documents", train.documents + held_out.documents, c.documents)
+    found.expect("counts.tokens", train.tokens + held_out.tokens, c.tokens)
+    found.expect("counts.trained_tokens", train.trained + held_out.trained, c.trained_tokens)
     found.expect("counts.records_written", len(distinct), c.records_written)
     found.expect("counts.rejected (rejects.jsonl lines)", len(rejects), c.rejected)
     found.expect("counts.rejected_by_reason", dict(sorted(Counter(r for _, r in rejects).items())),
@@ -179,10 +182,24 @@ def _check_counts(manifest: Manifest, totals: Totals, rejects: list[tuple[int, s
         found.fail("records both written and rejected", f"source ids {both[:5].tolist()}", len(both))
     if manifest.inputs:
         _check_inputs(manifest, written, distinct, rejected_ids, found)
-    if manifest.packing is not None:
-        found.expect("packing.rows", totals.rows, manifest.packing.rows)
-        found.expect("packing.documents", totals.documents, manifest.packing.documents)
-        found.expect("packing.tokens", totals.tokens, manifest.packing.tokens)
+    _check_split("", manifest.packing, train, found)
+    if manifest.eval is not None:
+        e = manifest.eval
+        held = np.concatenate(held_out.source_ids) if held_out.source_ids else np.zeros(0, np.int64)
+        for name, value in (("records", len(np.unique(held))), ("documents", held_out.documents),
+                            ("tokens", held_out.tokens), ("trained_tokens", held_out.trained), ("rows", held_out.rows)):
+            found.expect(f"eval.{name}", value, getattr(e, name))
+        _check_split("eval.", e.packing, held_out, found)
+        both = np.intersect1d(np.unique(held), np.unique(np.concatenate(train.source_ids or [np.zeros(0, np.int64)])))
+        if len(both):
+            found.fail("records in both the train and the eval split", f"source ids {both[:5].tolist()}", len(both))
+
+
+def _check_split(prefix: str, packing: PackingInfo | None, totals: Totals, found: Findings) -> None:
+    if packing is not None:
+        found.expect(f"{prefix}packing.rows", totals.rows, packing.rows)
+        found.expect(f"{prefix}packing.documents", totals.documents, packing.documents)
+        found.expect(f"{prefix}packing.tokens", totals.tokens, packing.tokens)
 
 
 def _check_inputs(manifest: Manifest, written: np.ndarray, distinct: np.ndarray, rejected_ids: np.ndarray,
@@ -208,17 +225,18 @@ def _check_inputs(manifest: Manifest, written: np.ndarray, distinct: np.ndarray,
 
 def verify_build(build_dir: str | Path) -> list[str]:
     """Every failed check of a finished build, one line each; empty when the build is sound."""
-    build_dir, found, totals = Path(build_dir), Findings(), Totals()
+    build_dir, found, train, held_out = Path(build_dir), Findings(), Totals(), Totals()
     try:
         manifest = Manifest.read(build_dir, check_files=False)  # every file is checked here, in full
     except ManifestError as err:
         return [f"manifest: {err}"]
-    for info in manifest.shards:
-        _check_shard(build_dir, info, manifest, found, totals)
-    listed = {s.name for s in manifest.shards}
-    for stray in sorted(p.name for p in build_dir.glob("shard-*.arrow") if p.name not in listed):
+    for name, info in manifest.shard_files():
+        _check_shard(build_dir, name, info, manifest, found, held_out if name.startswith(EVAL_DIR + "/") else train)
+    listed = {name for name, _ in manifest.shard_files()}
+    on_disk = [*build_dir.glob("shard-*.arrow"), *(build_dir / EVAL_DIR).glob("shard-*.arrow")]
+    for stray in sorted(str(p.relative_to(build_dir)) for p in on_disk if str(p.relative_to(build_dir)) not in listed):
         found.fail("shards the manifest does not list", stray)
-    _check_counts(manifest, totals, _read_rejects(build_dir, found), found)
+    _check_counts(manifest, train, held_out, _read_rejects(build_dir, found), found)
     return found.lines()
 
 
