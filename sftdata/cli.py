@@ -9,8 +9,8 @@ from pathlib import Path
 
 from .config import BuildConfig, ConfigError
 from .inspect.commands import add_parsers as add_inspect_parsers
-from .inspect.verify import add_parser as add_verify_parser
 from .inspect.report import report_after_build
+from .inspect.verify import add_parser as add_verify_parser
 from .manifest import Manifest
 from .options import add_flags, settings_from_args
 
