@@ -18,11 +18,10 @@ from typing import NamedTuple
 import numpy as np
 
 from . import __version__
-from .config import BuildConfig, Executor
+from .config import BuildConfig, Executor, SpecialText
 from .executors.local import LocalExecutor, default_workers
 from .manifest import (
     EVAL_DIR,
-    MANIFEST,
     REJECTS,
     Counts,
     InputInfo,
@@ -32,10 +31,13 @@ from .manifest import (
     SplitInfo,
     TemplateInfo,
 )
+from .out_dir import Claim
+from .out_dir import claim as out_dir_claim
 from .packing import fill_stats
 from .sources import FilePlan, Unit, units_of
+from .special_text import special_text_error
 from .split import held_out
-from .storage import TMP, Folder, public
+from .storage import Folder, public
 from .timing import StageSeconds
 from .units import (
     UNITS,
@@ -66,17 +68,6 @@ class Progress:
     rejected: int = 0
     units_reused: int = 0  # units a resumed build took from the run it resumes
     started: float = field(default_factory=time.perf_counter)
-
-
-def _prepare_out_dir(out: Folder, overwrite: bool, resume: bool) -> None:
-    out.make()
-    if out.exists(MANIFEST) and not overwrite:
-        raise BuildError(f"{out} already holds a build (manifest.json); pass --overwrite to replace it")
-    out.remove(MANIFEST)  # first, so a killed rebuild never looks complete
-    kept = {UNITS} if resume else set()  # the units a killed run finished
-    for name in out.names():  # shards, rejects, and what a killed build left (temp files, its units)
-        if (name in (REJECTS, EVAL_DIR) or name.endswith((".arrow", TMP))) and name not in kept:
-            out.remove(name)
 
 
 class _Tally:
@@ -139,12 +130,21 @@ def build(
 ) -> Manifest:
     """Build `inputs` (local paths or URLs) into `out_dir` (a local path or a URL). With `resume`, the
     units a killed run of the same build finished are taken as they are (once their checksums match)."""
-    out = Folder(out_dir)
     paths = [str(p) for p in inputs]
     if not paths:
         raise BuildError("no inputs given")
     local = Worker(config)  # loads tokenizer and template: a problem with either stops the build here
-    _prepare_out_dir(out, overwrite, resume)
+    if config.special_text is SpecialText.REJECT and config.system_prompt:
+        why = special_text_error(config.system_prompt, local.tokenizer.special_pattern)
+        if why:  # a setting, not a record: refused once instead of rejecting every record
+            raise BuildError(f"--system-prompt {why}")
+    with out_dir_claim(str(out_dir), paths, overwrite, resume) as claim:
+        return _build(paths, claim, config, local, on_progress, resume)
+
+
+def _build(paths: list[str], claim: Claim, config: BuildConfig, local: Worker,
+           on_progress: Callable[[Progress], None] | None, resume: bool) -> Manifest:
+    out = claim.folder
     tally = _Tally(len(paths))
 
     def progressed(counts: UnitCounts) -> None:
@@ -157,7 +157,7 @@ def build(
             plans = executor.plan(paths, config.format, config.unit_records)
         units = units_of(paths, plans)
         job = UnitJob(out.url(UNITS), build_key(config, local.tokenizer.fingerprint,
-                                                local.tokenizer.template_fingerprint))
+                                                local.tokenizer.template_fingerprint), claim.token)
         outcomes = _map(units, job, executor, tally, progressed, resume)
         documents = _Documents.of(outcomes)
         held = (held_out(documents.source_ids, config.eval_fraction, config.eval_records, config.seed)
@@ -190,6 +190,7 @@ def build(
         eval=eval_split,
         seconds={**tally.total.seconds, **tally.seconds},
     )
+    claim.confirm()
     manifest.write(out)
     out.remove(UNITS)
     return manifest
@@ -240,7 +241,8 @@ def _write_split(executor, config: BuildConfig, out_dir: str, job: UnitJob, outc
                  for task in plan_shards(lengths, order, offsets, config.shard_tokens)]
     with tally.seconds.timing("write"):
         shards = executor.write(tasks, _write_job(job, out_dir, outcomes))
-    packing = fill_stats(lengths, np.split(order, offsets[1:-1]), config.max_length) if config.pack else None
+    rows = np.split(order, offsets[1:-1]) if len(offsets) > 1 else []  # no document: no row
+    packing = fill_stats(lengths, rows, config.max_length) if config.pack else None
     return shards, packing
 
 
@@ -249,12 +251,12 @@ def _write_job(job: UnitJob, out_dir: str, outcomes: list[UnitOutcome]) -> Write
     starts = np.zeros(len(with_documents) + 1, dtype=np.int64)
     np.cumsum([len(o.lengths) for o in with_documents], out=starts[1:])
     return WriteJob(job.units_dir, out_dir, starts,
-                    np.asarray([o.record.unit.index for o in with_documents], dtype=np.int64))
+                    np.asarray([o.record.unit.index for o in with_documents], dtype=np.int64), job.token)
 
 
 def _merge_rejects(out: Folder, units: list[Unit]) -> None:
     """rejects.jsonl: the units' rejects, in unit order (so in source id order), written whole."""
-    units_dir = Folder(out.url(UNITS))
+    units_dir = Folder(out.url(UNITS), out.token)
     writer = out.create(REJECTS)
     for unit in units:
         writer.write(units_dir.read_bytes(rejects_name(unit.index)))

@@ -10,6 +10,7 @@ from pathlib import Path
 from .config import BuildConfig, ConfigError
 from .inspect.commands import add_parsers as add_inspect_parsers
 from .inspect.report import report_after_build
+from .inspect.verify import add_parser as add_verify_parser
 from .manifest import Manifest
 from .options import add_flags, settings_from_args
 
@@ -60,6 +61,7 @@ def run_build(args) -> int:
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .build import BuildError, build
+    from .out_dir import OutDirError
     from .sources import InputError
     from .template import TemplateRenderError
     from .tokenizer import TokenizerError
@@ -68,8 +70,7 @@ def run_build(args) -> int:
     try:
         config = config_from_args(args)
     except ConfigError as err:
-        console.print(f"[bold red]error:[/] {escape(str(err))}")
-        return 2
+        return _error(console, str(err))
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Bar(*columns, console=console, disable=args.quiet, transient=False) as bar:
         task = bar.add_task("loading tokenizer and template")
@@ -82,12 +83,26 @@ def run_build(args) -> int:
         try:
             manifest = build(args.inputs, args.out, config, overwrite=args.overwrite, on_progress=show,
                              resume=args.resume)
-        except (BuildError, InputError, TokenizerError, TemplateRenderError) as err:
-            console.print(f"[bold red]error:[/] {escape(str(err))}")
-            return 2
+        except (BuildError, OutDirError, InputError, TokenizerError, TemplateRenderError) as err:
+            return _error(console, str(err))
+        except OSError as err:  # disk full, permissions: the build removed its temporary files
+            return _error(console, f"cannot write the build to {args.out}: {err.strerror or err} "
+                                   f"({err.filename or args.out}); free space or fix the folder, then build again")
     _print_summary(console, manifest, args.out)
     report_after_build(args.out, args.report, console)
+    if manifest.counts.documents == 0:
+        c = manifest.counts
+        why = f"all {_n(c.records, 'record')} rejected" if c.records else "the inputs hold no record"
+        console.print(f"[bold red]error:[/] no document written ({why}); see {escape(args.out)}/rejects.jsonl")
+        return 1
     return 0
+
+
+def _error(console, message: str) -> int:
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}")
+    return 2
 
 
 def _print_summary(console, manifest: Manifest, out: str) -> None:
@@ -121,8 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_build_parser(sub)
     add_inspect_parsers(sub)
+    add_verify_parser(sub)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:  # a build removes its temporary files on the way out
+        print(f"sftdata {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

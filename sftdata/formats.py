@@ -29,6 +29,9 @@ OPENAI_ROLES = {"system", "developer", "user", "assistant", "tool"}
 TEXT_PARTS = {"text", "input_text", "output_text"}
 REASONING_PARTS = {"reasoning", "thinking"}
 TOOL_CALL_PARTS = {"tool_call", "function_call"}
+# deepest nesting of tool-call arguments and tool definitions: rendering and span marking walk them
+# recursively, and real schemas stay within a dozen levels
+MAX_DEPTH = 64
 
 
 def _malformed(detail: str) -> RecordError:
@@ -67,17 +70,38 @@ def _train_flag(raw: dict, where: str) -> bool | None:
     return None
 
 
-def _parse_json_maybe(value: Any) -> Any:
+def _parse_json_maybe(value: Any, where: str) -> Any:
     if isinstance(value, str):
         try:
             return json.loads(value)
         except json.JSONDecodeError:
             return value
+        except RecursionError:
+            raise _malformed(f"{where}: JSON nested too deep to read") from None
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value` (0 for a scalar), without recursion."""
+    deepest, level = 0, [(value, 0)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, (dict, list, tuple)):
+            deepest = max(deepest, depth + 1)
+            if deepest > MAX_DEPTH:
+                break
+            level.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _shallow(value: Any, where: str) -> Any:
+    if _depth(value) > MAX_DEPTH:
+        raise _malformed(f"{where}: nested more than {MAX_DEPTH} levels deep")
     return value
 
 
 def _tool_call(raw: Any, where: str) -> ToolCall:
-    raw = _parse_json_maybe(raw)
+    raw = _parse_json_maybe(raw, where)
     if not isinstance(raw, dict):
         raise _malformed(f"{where}: a tool call must be an object with `name` and `arguments`, got {raw!r:.80}")
     call_id = raw.get("id")
@@ -86,14 +110,15 @@ def _tool_call(raw: Any, where: str) -> ToolCall:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise _malformed(f"{where}: tool call without a `name`")
-    arguments = _parse_json_maybe(raw.get("arguments", raw.get("parameters", {})))
+    arguments = _shallow(_parse_json_maybe(raw.get("arguments", raw.get("parameters", {})), where),
+                         f"{where}: arguments")
     return ToolCall(name=name, arguments=arguments, id=call_id if isinstance(call_id, str) else None)
 
 
 def _tools(raw: Any, where: str) -> tuple[dict, ...] | None:
     if raw is None or raw == "" or raw == []:
         return None
-    raw = _parse_json_maybe(raw)
+    raw = _shallow(_parse_json_maybe(raw, where), f"{where}: `tools`")
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         raise _malformed(f"{where}: `tools` must be a list of objects (or a JSON string of one)")
     return tuple(raw)

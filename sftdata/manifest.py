@@ -17,9 +17,9 @@ from enum import Enum
 from typing import Any
 
 from .config import BuildConfig
-from .storage import Folder, exists, join, public, read_bytes
+from .storage import Folder, exists, join, public, read_bytes, size
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: shards carry their file size
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 EVAL_DIR = "eval"  # the held-out split's shards, beside the train split's
@@ -98,6 +98,7 @@ class ShardInfo:
     rows: int
     tokens: int
     sha256: str
+    file_bytes: int  # the file's size: what every reader checks before use (the SHA-256 is `sftdata verify`'s)
 
 
 @dataclass
@@ -134,9 +135,10 @@ class Manifest:
         del data["seconds"]
         return {"format_version": data.pop("format_version"), **data}
 
-    def write(self, build_dir: str | os.PathLike) -> None:
-        """Atomically: a reader sees no manifest or the whole one."""
-        Folder(build_dir).write_bytes(MANIFEST, json_bytes(self.to_json()))
+    def write(self, build_dir: str | os.PathLike | Folder) -> None:
+        """Atomically: a reader sees no manifest or the whole one (a build's Folder: under its temporary name)."""
+        folder = build_dir if isinstance(build_dir, Folder) else Folder(build_dir)
+        folder.write_bytes(MANIFEST, json_bytes(self.to_json()))
 
     @classmethod
     def from_json(cls, data: Any, where: str = "manifest") -> Manifest:
@@ -148,7 +150,34 @@ class Manifest:
         return _typed(cls, data, where)
 
     @classmethod
-    def read(cls, build_dir: str | os.PathLike) -> Manifest:
+    def read(cls, build_dir: str | os.PathLike, check_files: bool = True) -> Manifest:
+        """The manifest of a finished build; with `check_files`, only if every shard it lists is there with
+        its size (a cheap check that a shard was not truncated or replaced)."""
+        manifest = cls._read(build_dir)
+        problems = manifest.file_problems(build_dir) if check_files else []
+        if problems:
+            raise ManifestError(f"{build_dir} does not match its manifest: {'; '.join(problems)}. The build was "
+                                "damaged after it finished: rebuild it (`sftdata verify` checks it in full)")
+        return manifest
+
+    def file_problems(self, build_dir: str | os.PathLike) -> list[str]:
+        """What is wrong with the shard files against this manifest, by existence and size."""
+        problems = []
+        for name, shard in self.shard_files():
+            path = join(build_dir, name)  # a local path or a URL: the size is the filesystem's either way
+            if not exists(path):
+                problems.append(f"{name} is missing")
+            elif size(path) != shard.file_bytes:
+                problems.append(f"{name} is {size(path):,} bytes, the manifest says {shard.file_bytes:,}")
+        return problems
+
+    def shard_files(self) -> list[tuple[str, ShardInfo]]:
+        """Every shard of the build, both splits, with its path relative to the build folder."""
+        held_out = self.eval.shards if self.eval else []
+        return [(s.name, s) for s in self.shards] + [(f"{EVAL_DIR}/{s.name}", s) for s in held_out]
+
+    @classmethod
+    def _read(cls, build_dir: str | os.PathLike) -> Manifest:
         path = join(build_dir, MANIFEST)
         if not exists(path):
             raise ManifestError(f"{build_dir} has no {MANIFEST}: it is not a finished sftdata build (run "

@@ -77,7 +77,8 @@ class ShardWriter:
     """Writes rows into numbered shards, each made visible only when complete (temp file + rename).
 
     A shard closes once it holds `shard_tokens` tokens; rows are written in record batches of
-    `batch_rows` so a reader can stream a shard without loading it whole.
+    `batch_rows` so a reader can stream a shard without loading it whole. Temporary names are the
+    folder's (a build's Folder carries its token).
     """
 
     def __init__(self, out_dir: str | os.PathLike | Folder, shard_tokens: int, batch_rows: int = 1024,
@@ -125,7 +126,7 @@ class ShardWriter:
             return
         self._writer.close()
         name = self._file.final.rsplit("/", 1)[-1]
-        self.shards.append(ShardInfo(name, self._rows, self._tokens, self._file.publish()))
+        self.shards.append(ShardInfo(name, self._rows, self._tokens, self._file.publish(), self._file.size))
         self._writer, self._file, self._rows, self._tokens = None, None, 0, 0
 
 

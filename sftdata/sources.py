@@ -1,9 +1,10 @@
 """Reading inputs: files in, raw records out, one stream across all inputs in the order given.
 
 Each record gets its source id (0-based position across all inputs). A line that is not JSON becomes a
-RecordError in place of its record, so one corrupt line never aborts a build; a file that cannot be
-read at all (missing, unknown type, no detectable format) raises at once. Inputs are local paths or
-URLs (storage.py).
+RecordError in place of its record, so one corrupt line never aborts a build; so does a record whose
+format cannot be told (the file's format is detected from the first record that tells it). A file that
+cannot be read at all (missing, unknown type, corrupt, a folder without data) raises at once. Inputs are
+local paths or URLs (storage.py).
 
 A build reads its inputs in units (`Unit`): pieces of one file, found by one planning pass over it
 (`plan_file`), that are read independently (`read_unit`), anywhere, in any order, and together give
@@ -16,7 +17,9 @@ import io
 import itertools
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,11 +27,12 @@ from .config import InputFormat
 from .formats import detect_format
 from .records import RawRecord
 from .rejects import Reason, RecordError
-from .storage import exists, is_dir, join, open_input, public, read_bytes, size
+from .storage import exists, filesystem, is_dir, join, open_input, public, read_bytes, size
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 DATASETS_BUILDERS = {".csv": "csv", ".tsv": "csv", ".txt": "text", ".arrow": "arrow"}
 BOM = b"\xef\xbb\xbf"
+DATA_FILE_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv", ".tsv", ".arrow", ".txt"}
 
 
 class InputError(Exception):
@@ -54,6 +58,9 @@ def _jsonl_records(path: str, lines: Iterable[bytes], first_line: int = 1) -> It
             yield json.loads(raw.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             yield RecordError(Reason.MALFORMED, f"{_name(path)} line {lineno}: invalid JSON ({err})")
+        except RecursionError:
+            yield RecordError(Reason.MALFORMED, f"{_name(path)} line {lineno}: JSON nested deeper than "
+                              f"{sys.getrecursionlimit()} levels")
 
 
 def _json_records(path: str) -> Iterator[Any]:
@@ -65,6 +72,9 @@ def _json_records(path: str) -> Iterator[Any]:
         return
     try:
         records = json.loads(text)
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested deeper than {sys.getrecursionlimit()} levels; write it as JSON "
+                         "Lines (one record a line) so such a record is one reject") from None
     except json.JSONDecodeError as err:
         # many `.json` files are really JSON Lines; anything else is unreadable as a whole
         first = text.lstrip()[:1]
@@ -75,25 +85,56 @@ def _json_records(path: str) -> Iterator[Any]:
     yield from (records if isinstance(records, list) else [records])
 
 
+@contextmanager
+def _parquet_errors(path: str) -> Iterator[None]:
+    """A Parquet file that cannot be read (truncated, not Parquet) as one InputError naming it."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(f"{public(path)}: not a readable Parquet file ({err}); check the file is complete") from None
+
+
 def _parquet_records(path: str, row_groups: list[int] | None = None) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
-    with open_input(path) as f:
+    with _parquet_errors(path), open_input(path) as f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=1024, row_groups=row_groups):
             yield from batch.to_pylist()
+
+
+def _has_data_files(folder: str) -> bool:
+    """Whether `folder` holds (at any depth, hidden folders aside) a file of a kind `datasets.load_dataset` reads."""
+    fs, inner = filesystem(folder)
+    root = inner.rstrip("/")
+    return any(_suffix(found) in DATA_FILE_SUFFIXES
+               and not any(part.startswith(".") for part in found[len(root):].strip("/").split("/"))
+               for found in fs.find(root))
+
+
+def _load_dataset(path: str):
+    import datasets
+
+    if is_dir(path) and (exists(join(path, "dataset_info.json")) or exists(join(path, "state.json"))):
+        return datasets.load_from_disk(path)
+    if is_dir(path):
+        if not _has_data_files(path):
+            raise InputError(f"{path}: a folder without data: no data files ({', '.join(sorted(DATA_FILE_SUFFIXES))}) "
+                             "and no `save_to_disk` dataset (dataset_info.json, state.json) in it")
+        return datasets.load_dataset(path)
+    if _suffix(path) in DATASETS_BUILDERS:
+        return datasets.load_dataset(DATASETS_BUILDERS[_suffix(path)], data_files=path)
+    raise InputError(f"{path}: unknown input type (expected .jsonl, .json, .parquet, or a datasets folder)")
 
 
 def _datasets_records(path: str) -> Iterator[Any]:
     import datasets
 
-    if is_dir(path) and (exists(join(path, "dataset_info.json")) or exists(join(path, "state.json"))):
-        loaded = datasets.load_from_disk(path)
-    elif is_dir(path):
-        loaded = datasets.load_dataset(path)
-    elif _suffix(path) in DATASETS_BUILDERS:
-        loaded = datasets.load_dataset(DATASETS_BUILDERS[_suffix(path)], data_files=path)
-    else:
-        raise InputError(f"{path}: unknown input type (expected .jsonl, .json, .parquet, or a datasets folder)")
+    try:
+        loaded = _load_dataset(path)
+    except (datasets.exceptions.DatasetsError, ValueError, OSError) as err:  # what `datasets` raises for bad data
+        raise InputError(f"{path}: `datasets` cannot read it ({type(err).__name__}: {err})") from None
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
             raise InputError(f"{path}: a dataset with splits {list(loaded)} and no `train` split")
@@ -156,9 +197,9 @@ class FilePlan:
     pieces: list[dict] = field(default_factory=list)  # per unit: start, records, and where it begins
 
 
-def _detected(path: str, record: Callable[[], Any], fmt: InputFormat) -> InputFormat | None:
-    """The format a forced --format, or else this record, gives the file; None when the record is no
-    object (a malformed line) and the next one decides."""
+def _detected(record: Callable[[], Any], fmt: InputFormat) -> InputFormat | None:
+    """The format a forced --format, or else this record, gives the file; None when the record does not
+    tell it (a malformed line, an object of unknown fields: a reject) and the next one decides."""
     if fmt is not InputFormat.AUTO:
         return fmt
     data = record()
@@ -166,27 +207,31 @@ def _detected(path: str, record: Callable[[], Any], fmt: InputFormat) -> InputFo
         return None
     try:
         return detect_format(data)
-    except RecordError as err:
-        raise InputError(f"{path}: {err.detail}") from None
+    except RecordError:
+        return None
 
 
-def _plan(path: str, records: Iterator[tuple[Callable[[], Any], dict]], fmt: InputFormat, unit_records: int
-          ) -> FilePlan:
+def _no_format(plan: FilePlan) -> FilePlan:
+    """A plan whose records never told the format: each is read as it is before the format is known."""
+    if plan.records and plan.format is None:
+        plan.format, plan.format_from = InputFormat.MESSAGES.value, plan.records
+    return plan
+
+
+def _plan(records: Iterator[tuple[Callable[[], Any], dict]], fmt: InputFormat, unit_records: int) -> FilePlan:
     """Count the records, note where every `unit_records`-th begins, and find the file's format: the
-    first object record's (records before it are read as messages, as `read_inputs` reads them)."""
+    first record's that tells it (records before it are read as `read_unit` reads them)."""
     plan = FilePlan()
     for record, where in records:
         if plan.format is None:
-            detected = _detected(path, record, fmt)
+            detected = _detected(record, fmt)
             if detected is not None:
                 plan.format, plan.format_from = detected.value, plan.records
         if plan.records % unit_records == 0:
             plan.pieces.append({"start": plan.records, "records": 0, **where})
         plan.pieces[-1]["records"] += 1
         plan.records += 1
-    if plan.records and plan.format is None:
-        plan.format = InputFormat.MESSAGES.value
-    return plan
+    return _no_format(plan)
 
 
 def _jsonl_positions(path: str) -> Iterator[tuple[Callable[[], Any], dict]]:
@@ -204,13 +249,14 @@ def _plan_parquet(path: str, fmt: InputFormat, unit_records: int) -> FilePlan:
     """Units of whole row groups, from the file's metadata and its first row."""
     import pyarrow.parquet as pq
 
-    with open_input(path) as f:
+    with _parquet_errors(path), open_input(path) as f:
         parquet = pq.ParquetFile(f)
         sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
         first = next(parquet.iter_batches(batch_size=1), None)
     plan = FilePlan(records=sum(sizes))
-    if plan.records:
-        plan.format = _detected(path, lambda: first.to_pylist()[0], fmt).value
+    detected = _detected(lambda: first.to_pylist()[0], fmt) if plan.records else None
+    plan.format = detected.value if detected else None  # the first row tells, or (every row has its fields) none
+    _no_format(plan)
     for group, rows in enumerate(sizes):
         if rows and (not plan.pieces or plan.pieces[-1]["records"] >= unit_records):
             plan.pieces.append({"start": sum(sizes[:group]), "records": 0, "row_groups": ()})
@@ -230,10 +276,10 @@ def plan_file(path: str | os.PathLike, fmt: InputFormat, unit_records: int) -> F
         raise InputError(f"{public(path)}: no such file or folder")
     suffix = _suffix(path)
     if suffix in JSONL_SUFFIXES:
-        return _plan(path, _jsonl_positions(path), fmt, unit_records)
+        return _plan(_jsonl_positions(path), fmt, unit_records)
     if suffix == ".parquet":
         return _plan_parquet(path, fmt, unit_records)
-    return _plan(path, ((lambda data=data: data, {}) for data in read_file(path)), fmt, 1 << 62)
+    return _plan(((lambda data=data: data, {}) for data in read_file(path)), fmt, 1 << 62)
 
 
 def units_of(paths: list[str], plans: list[FilePlan]) -> list[Unit]:
@@ -259,9 +305,20 @@ def read_unit(unit: Unit) -> Iterator[RawRecord]:
         records = read_file(unit.path)
     fmt = InputFormat(unit.format)
     for i, data in enumerate(itertools.islice(records, unit.records)):
-        local = unit.start + i
-        yield RawRecord(unit.first_source_id + i, unit.input_index,
-                        fmt if local >= unit.format_from else InputFormat.MESSAGES, data)
+        known = unit.start + i >= unit.format_from
+        yield RawRecord(unit.first_source_id + i, unit.input_index, fmt if known else InputFormat.MESSAGES,
+                        data if known else _before_format(data))
+
+
+def _before_format(data: Any) -> Any:
+    """A record read before its file's format is known: an object there did not tell the format, so it is
+    a reject saying why (`detect_format`'s error); anything else is read as a message record."""
+    if isinstance(data, dict):
+        try:
+            detect_format(data)
+        except RecordError as err:
+            return err
+    return data
 
 
 def _jsonl_from(unit: Unit) -> Iterator[Any]:

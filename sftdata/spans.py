@@ -30,7 +30,7 @@ from .config import SpecialText, TrainOn
 from .passthrough import PRIVATE_PLANES
 from .records import Conversation, Message, MessageSpan, Range, Rendered, TemplateFacts
 from .rejects import Reason, RecordError
-from .special_text import reject_special_text
+from .special_text import literal_ranges, reject_special_text
 from .template import ChatTemplate, TemplateRenderError
 from .train_flags import is_empty_turn, resolve_train_flags
 
@@ -225,8 +225,9 @@ def _difference_region(text: str, changed: str) -> list[Range]:
 
 
 def _perturbed(text: str, _index: int, _kind: str = "content") -> str:
-    # a private-use character differs from every real character, so the difference covers the field
-    return "\U000F0000" if text else text
+    # a private-use character the field does not hold, so that it differs from whatever character of the
+    # field a template puts first or last, and the difference covers the whole field
+    return next(chr(c) for c in range(SENTINEL_BASE, SENTINEL_BASE + len(text) + 1) if chr(c) not in text) if text else text
 
 
 def _locate_by_difference(conv: Conversation, template: ChatTemplate, text: str, i: int) -> list[Range]:
@@ -297,7 +298,7 @@ def render_conversation(
     messages = conv.messages
     flags = resolve_train_flags(messages, train_on)
     if special_pattern is not None and special_text is SpecialText.REJECT:
-        reject_special_text(messages, special_pattern)
+        reject_special_text(conv, special_pattern)
     n = len(messages)
     wrap = _Wrapper()
     text, marked, sentinels, generation = None, None, None, ()
@@ -355,11 +356,8 @@ def render_conversation(
 
     literal = ()
     if special_pattern is not None and special_text is SpecialText.LITERAL:
-        literal = tuple(
-            (mt.start(), mt.end())
-            for mt in special_pattern.finditer(text)
-            if any(a <= mt.start() and mt.end() <= b for s in spans for a, b in s.data)
-        )
+        literal = literal_ranges(conv, text, special_pattern,
+                                 lambda c: template.render(template_messages(c.messages), c.tools).text)
     return Rendered(conv.source_id, text, tuple(spans), method, literal, train_on is TrainOn.ALL, unrendered)
 
 

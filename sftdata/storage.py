@@ -1,7 +1,8 @@
 """Where a build reads and writes: local paths, or URLs of any filesystem fsspec opens (`s3://`, `gs://`,
 `hf://`, ...), through one small interface.
 
-A file becomes visible only when whole: it is written under a temporary name (`NAME.tmp`) and then
+A file becomes visible only when whole: it is written under a temporary name (`NAME.TOKEN.tmp`, the
+token of the build writing it, see out_dir.py, so two builds never write one temporary file) and then
 moved to its name, a rename on a local disk and a server-side copy on an object store, where each
 object appears at once, whole, or not at all. So a reader never sees half a shard, and since the build
 writes the manifest last, never a manifest before its shards.
@@ -73,19 +74,26 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return fs.cat_file(inner)
 
 
+def temp_name(name: str, token: str = "") -> str:
+    """Where `name` is written before it is whole: `NAME.TOKEN.tmp`, or `NAME.tmp` with no token."""
+    return f"{name}.{token}{TMP}" if token else name + TMP
+
+
 class HashingWriter:
     """A file being written under a temporary name, keeping the SHA-256 of what went through it (a
     shard's checksum then needs no second read: on an object store, a second download)."""
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, final: str):
-        self.final, self.tmp = final, final + TMP
+    def __init__(self, fs: fsspec.AbstractFileSystem, final: str, token: str = ""):
+        self.final, self.tmp = final, temp_name(final, token)
         fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         self._fs, self._file = fs, fs.open(self.tmp, "wb")
         self._digest = hashlib.sha256()
+        self.size = 0  # bytes written: the file's size once published
         self.closed = False
 
     def write(self, data) -> int:
         self._digest.update(data)
+        self.size += memoryview(data).nbytes
         return self._file.write(data)
 
     def flush(self) -> None:
@@ -106,10 +114,11 @@ class HashingWriter:
 
 
 class Folder:
-    """A build's folder, on a local disk or an object store."""
+    """A build's folder, on a local disk or an object store; `token` names the temporary files of what
+    it creates (a build's own, out_dir.Claim)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = str(path)
+    def __init__(self, path: str | os.PathLike, token: str = ""):
+        self.path, self.token = str(path), token
         self.fs, self._root = filesystem(self.path)
         self.fs.invalidate_cache()  # an object store's listings, cached by this process, may be stale
 
@@ -155,7 +164,7 @@ class Folder:
 
     def create(self, name: str) -> HashingWriter:
         """`name` to be written, invisible until `publish()`."""
-        return HashingWriter(self.fs, self._inner(name))
+        return HashingWriter(self.fs, self._inner(name), self.token)
 
     def write_bytes(self, name: str, data: bytes) -> str:
         """Atomically; returns the SHA-256 of `data`."""

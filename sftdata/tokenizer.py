@@ -34,7 +34,10 @@ class ModelTokenizer:
     chat_template: str
     template_source: str  # where the template came from: the tokenizer's config, or a file
     special_tokens_map: dict[str, str]  # bos_token, eos_token, ... as the template sees them
-    special_texts: tuple[str, ...]  # every token string the tokenizer turns into a control token
+    # every token string the tokenizer matches as one unit in text: every added token, special or not
+    # (Qwen's `<think>` and `<tool_call>` are added but not special; typed in a message they still become
+    # their control ids), and the special tokens the template sees
+    special_texts: tuple[str, ...]
     prefix_ids: tuple[int, ...]  # what the tokenizer itself prepends (its BOS rule), possibly nothing
     name: str
 
@@ -54,7 +57,8 @@ class ModelTokenizer:
 
     @cached_property
     def special_pattern(self) -> re.Pattern | None:
-        """Matches any special token's text; longest first so `<|im_end|>` wins over a prefix of it."""
+        """Matches any added token's text (`special_texts`); longest first so `<|im_end|>` wins over a prefix
+        of it."""
         if not self.special_texts:
             return None
         ordered = sorted(self.special_texts, key=len, reverse=True)
@@ -112,8 +116,12 @@ class ModelTokenizer:
 
     @cached_property
     def literal_backend(self) -> tokenizers.Tokenizer:
-        """A copy that encodes special-token text as plain text (for --special-text literal)."""
-        copy = tokenizers.Tokenizer.from_str(self.backend.to_str())
+        """A copy that encodes the text of every added token as plain text (for --special-text literal):
+        `encode_special_tokens` splits only tokens flagged special, so the copy flags them all."""
+        data = json.loads(self.backend.to_str())
+        for added in data["added_tokens"]:
+            added["special"] = True
+        copy = tokenizers.Tokenizer.from_str(json.dumps(data))
         copy.encode_special_tokens = True
         return copy
 
@@ -178,7 +186,7 @@ def cache_dir() -> Path | None:
 
 
 # what a cache entry holds changes with the code, not only with sftdata's released version
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 
 
 def _cache_key(folder: Path) -> str:
@@ -264,7 +272,7 @@ def _load_with_transformers(name_or_path: str) -> ModelTokenizer:
         for key in ("bos_token", "eos_token", "unk_token", "pad_token")
         if isinstance(value := getattr(hf, key, None), str)
     }
-    specials = {tok.content for tok in hf.added_tokens_decoder.values() if tok.special}
+    specials = {tok.content for tok in hf.added_tokens_decoder.values() if tok.content}
     specials |= set(special_map.values())
     with_specials = hf("a", add_special_tokens=True)["input_ids"]
     plain = hf("a", add_special_tokens=False)["input_ids"]

@@ -134,10 +134,12 @@ class UnitOutcome(NamedTuple):
 
 
 class UnitJob(NamedTuple):
-    """What every unit shares: where spills go, and the key they are made under."""
+    """What every unit shares: where spills go, the key they are made under, and the build's token for
+    temporary names (out_dir.Claim)."""
 
     units_dir: str
     key: str
+    token: str = ""
 
 
 class UnitSink:
@@ -146,7 +148,7 @@ class UnitSink:
 
     def __init__(self, job: UnitJob, unit: Unit):
         self.job, self.unit = job, unit
-        self.folder = Folder(job.units_dir)
+        self.folder = Folder(job.units_dir, job.token)
         self.spill = ShardWriter(self.folder, NO_LIMIT, first_index=unit.index, prefix="unit")
         self.rejects: list[str] = []
         self.lengths: list[int] = []
@@ -212,6 +214,7 @@ class WriteJob(NamedTuple):
     out_dir: str
     unit_starts: np.ndarray  # the number of the first document of each unit; one more: all documents
     unit_indices: np.ndarray  # each of those units' number (units without documents are left out)
+    token: str = ""  # the build's, for temporary names (out_dir.Claim)
 
 
 def plan_rows(lengths: np.ndarray, capacity: int | None, seed: int, pack: bool
@@ -241,7 +244,7 @@ def write_shard(task: ShardTask, job: WriteJob) -> ShardInfo:
     units = Folder(job.units_dir)
     position = np.searchsorted(job.unit_starts, task.documents, side="right") - 1  # which unit, by position
     spills: dict[int, list] = {}
-    writer = ShardWriter(job.out_dir, NO_LIMIT, first_index=task.index)
+    writer = ShardWriter(Folder(job.out_dir, job.token), NO_LIMIT, first_index=task.index)
     for r in range(len(task.row_offsets) - 1):
         if r % ROWS_PER_RELEASE == 0:  # rows gather documents from all over the spills: keep memory flat
             for shard, _ in spills.values():

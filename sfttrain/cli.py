@@ -65,7 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from sfttrain.train import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except (ValueError, OSError) as err:  # a refusal (wrong tokenizer, no build, an existing run): its message
+        print(f"sfttrain: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # checkpoints already written stay; --resume continues from the latest
+        print("sfttrain: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

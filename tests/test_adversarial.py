@@ -48,7 +48,8 @@ def trained_texts(worker: Worker, doc) -> list[str]:
                   {"role": "tool", "content": "21C"}, {"role": "assistant", "content": "It is 21C."}]},
 ])
 def test_difference_method_handles_tool_calls_and_reasoning(record):
-    worker, result = process(record)
+    # reasoning written into the content as <think> (Qwen's added tokens) is control text: allowed knowingly
+    worker, result = process(record, special_text=SpecialText.ALLOW)
     assert not result.rejects, result.rejects
     runs = trained_texts(worker, result.documents[0])
     assert any("get_weather" in r and r.endswith("<|im_end|>") for r in runs)

@@ -13,7 +13,9 @@ import pytest
 from sftdata.build import BuildError, build
 from sftdata.cli import main
 from sftdata.config import BuildConfig, Overlong, SpecialText
+from sftdata.out_dir import MARKER
 from sftdata.shards import iter_rows, open_build, read_rejects
+from sftdata.units import UNITS
 
 from .conftest import FIXTURES, fixture_tokenizer
 
@@ -205,12 +207,14 @@ def test_cli_refuses_to_overwrite_and_explains_tokenizer_problems(tmp_path, caps
 
 def test_a_rebuild_clears_what_a_killed_build_left(tmp_path):
     out = tmp_path / "o"
-    (out / ".spill.tmp").mkdir(parents=True)
-    (out / ".spill.tmp" / "shard-00000.arrow.tmp").write_bytes(b"partial")
-    (out / "shard-00007.arrow.tmp").write_bytes(b"partial")
+    (out / UNITS).mkdir(parents=True)  # a killed build's files, in the folder it marked
+    (out / UNITS / "unit-00000.arrow.123-abc.tmp").write_bytes(b"partial")
+    (out / "shard-00007.arrow.123-abc.tmp").write_bytes(b"partial")
+    (out / "rejects.jsonl.123-abc.tmp").write_bytes(b"partial")
+    (out / MARKER).touch()
     manifest = build([DATA / "alpaca.json"], out, BuildConfig(tokenizer=CHATML, pack=True, max_length=256))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["manifest.json", "rejects.jsonl"] + [s.name for s in manifest.shards])
+        [MARKER, "manifest.json", "rejects.jsonl"] + [s.name for s in manifest.shards])
 
 
 def test_a_failed_build_leaves_no_manifest(tmp_path, monkeypatch):

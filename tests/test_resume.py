@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sftdata.build import build
 from sftdata.config import BuildConfig
+from sftdata.out_dir import MARKER
 from sftdata.units import UNITS, spill_name
 
 from .conftest import FIXTURES, REPO, fixture_tokenizer
@@ -59,6 +60,7 @@ def test_a_killed_build_resumes_from_its_checked_units_to_the_uninterrupted_outp
     out = tmp_path / "out"
     kill_when_units_done(build_command(inputs, out, SETTINGS), out / UNITS, done=4)
     assert not (out / "manifest.json").exists()
+    assert (out / MARKER).exists()  # the killed run's claim: the resumed build takes the folder over from it
     records = sorted((out / UNITS).glob("unit-*.json"))
     finished = len(records)
     damaged = out / UNITS / spill_name(0)  # a unit whose spill no longer matches its checksum is done again

@@ -11,9 +11,11 @@ import time
 import numpy as np
 import pytest
 
+import sftdata.build as build_module
 from sftdata.build import build
 from sftdata.config import BuildConfig
-from sftdata.manifest import MANIFEST, Manifest
+from sftdata.manifest import MANIFEST, Manifest, ManifestError
+from sftdata.out_dir import MARKER, OutDirError
 from sftdata.shards import open_build, read_rejects
 from sftdata.storage import Folder, public
 
@@ -78,7 +80,7 @@ def test_a_build_from_and_to_object_storage_equals_the_local_build(s3, tmp_path)
     assert_same_build(out, local, input_paths=False)
     assert [i.path for i in Manifest.read(out).inputs] == [f"{s3}/in/{p.name}" for p in INPUTS]
     # the build's folder holds the finished build only: no temporary object, no spill left
-    assert Folder(out).names() == sorted([MANIFEST, "rejects.jsonl"] + [s.name for s in manifest.shards])
+    assert Folder(out).names() == sorted([MARKER, MANIFEST, "rejects.jsonl"] + [s.name for s in manifest.shards])
     for name in Folder(out).names():
         assert SECRET not in Folder(out).read_bytes(name).decode("utf-8", "replace")
     # the reading side: manifest, shards and rejects straight from the bucket
@@ -122,3 +124,41 @@ def test_a_build_on_object_storage_stopped_midway_resumes_from_its_units(s3, tmp
     assert seen[-1].units_reused >= 2  # the third may have stopped before its record was written
     build(INPUTS, tmp_path / "local", settings)
     assert_same_build(out, tmp_path / "local", input_paths=False)
+
+
+def test_an_object_store_folder_is_claimed_like_a_local_one(s3):
+    settings = BuildConfig(tokenizer=CHATML)
+    inputs = [f"{s3}/in/{p.name}" for p in INPUTS]
+    Folder(f"{s3}/out/theirs").write_bytes("notes.txt", b"a user's file")
+    with pytest.raises(OutDirError, match="not made by sftdata build"):
+        build(inputs, f"{s3}/out/theirs", settings)
+    assert Folder(f"{s3}/out/theirs").read_bytes("notes.txt") == b"a user's file"
+    with pytest.raises(OutDirError, match="overlaps the input"):
+        build(inputs, f"{s3}/in", settings)
+    Folder(f"{s3}/out").write_bytes("a-file", b"not a folder")
+    with pytest.raises(OutDirError, match="is a file"):
+        build(inputs, f"{s3}/out/a-file", settings)
+    # a shard cut short after the build finished: every reader refuses it by its size
+    out = Folder(f"{s3}/out/claimed")
+    manifest = build(inputs, out.path, settings)
+    out.write_bytes(manifest.shards[0].name, out.read_bytes(manifest.shards[0].name)[:-100])
+    with pytest.raises(ManifestError, match="bytes, the manifest says"):
+        Manifest.read(out.path)
+
+
+def test_a_build_whose_object_store_folder_was_taken_over_does_not_finish(s3, monkeypatch):
+    """No lock on an object store: a second build into the same URL takes the marker over, and the first
+    fails before its manifest instead of finishing beside the second's files."""
+    settings = BuildConfig(tokenizer=CHATML)
+    inputs = [f"{s3}/in/{p.name}" for p in INPUTS]
+    out = Folder(f"{s3}/out/taken")
+    merge_rejects = build_module._merge_rejects
+
+    def second_build_claims_meanwhile(folder, units):
+        out.write_bytes(MARKER, b"another-build")
+        merge_rejects(folder, units)
+
+    monkeypatch.setattr(build_module, "_merge_rejects", second_build_claims_meanwhile)
+    with pytest.raises(OutDirError, match="took over"):
+        build(inputs, out.path, settings)
+    assert not out.exists(MANIFEST)

@@ -14,10 +14,12 @@ shards. A bounded number of batches is in flight, so memory does not grow with t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import itertools
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -66,6 +68,27 @@ def _fewer_collections() -> Iterator[None]:
         gc.unfreeze()
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when the process that made it dies
+
+
+def _die_with(parent: int) -> None:
+    """Exit when `parent` dies, however it dies (kill -9, the OOM killer): a pool process would otherwise
+    wait forever on its pipe, holding its memory. Linux delivers SIGKILL on the parent's death; elsewhere
+    a thread polls for it."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # died before the signal was asked for
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
+
+
 def prepare_worker_process() -> None:
     """For a process that is the build's for its whole life (a pool process, a Ray actor)."""
     # a core per worker: the tokenizer's own thread pool would oversubscribe them
@@ -73,7 +96,11 @@ def prepare_worker_process() -> None:
     _collect_less()
 
 
-def _init_worker(config: BuildConfig, tokenizer: ModelTokenizer) -> None:
+def _init_worker(config: BuildConfig, tokenizer: ModelTokenizer, parent: int) -> None:
+    _die_with(parent)
+    # Ctrl-C is the main process's to handle, once; it reaches this process blocked (`_submit`) until here
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     prepare_worker_process()
     global _worker
     _worker = Worker(config, tokenizer)
@@ -135,12 +162,12 @@ def _run(batches: Iterator[list[RawRecord]], config: BuildConfig, local: Worker,
         yield from overlapped(local, itertools.chain(head, batches))
         return
     pool = ProcessPoolExecutor(pool_size, mp_context=multiprocessing.get_context(start_method),
-                               initializer=_init_worker, initargs=(config, local.tokenizer))
+                               initializer=_init_worker, initargs=(config, local.tokenizer, os.getpid()))
     try:
         pending: deque[_Queued | BatchResult] = deque()  # in input order: the pool's, and this process's
         for batch in itertools.chain(head, batches):
             queued = sum(isinstance(p, _Queued) and not p.future.done() for p in pending)
-            pending.append(_Queued(pool.submit(_process, batch), batch) if queued < window else local.process(batch))
+            pending.append(_Queued(_submit(pool, batch), batch) if queued < window else local.process(batch))
             # done results leave at once; the wait for a slow one is bounded, and so is what waits behind it
             while pending and (_ready(pending[0]) or len(pending) > 4 * workers):
                 yield _result(pending.popleft())
@@ -151,6 +178,17 @@ def _run(batches: Iterator[list[RawRecord]], config: BuildConfig, local: Worker,
     finally:
         # the pool's processes exit on their own: the build's last, serial steps need not wait for them
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _submit(pool: ProcessPoolExecutor, batch: list[RawRecord]) -> Future:
+    """`pool.submit`, with Ctrl-C held back while it may start a process: a process started then would take
+    it before it can ignore it, and this one could lose it inside fork's handlers. Held back, it arrives
+    here when the submit returns."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(_process, batch)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 class _Queued(NamedTuple):

@@ -15,6 +15,10 @@ file is written whole under its final name only once complete: an actor that die
 process, a lost node) is restarted and its units run again, writing the same bytes, and the order in
 which units finish changes nothing. The driver holds only units' records and lengths.
 
+Ray owns the actors' processes: they end with the build (`close` kills them, and Ray ends a driver's
+actors when the driver dies), so they need neither the parent-death signal nor the Ctrl-C handling of the
+local executor's pool processes; Ctrl-C reaches the driver, which closes the executor on its way out.
+
 Every node needs sftdata (`pip install sftdata[ray]`) and access to the inputs and OUT (a shared
 filesystem or object storage, with credentials in the nodes' environment).
 """

@@ -8,4 +8,5 @@
     page.py         the self-contained HTML page (static/report.js and report.css are package data)
     view.py, diff.py, stats.py, report.py   the commands, each with add_parser and run
     commands.py     registers the four commands with the `sftdata` command line
+    verify.py       `sftdata verify`: a finished build re-checked in full against its manifest (a CI gate)
 """
