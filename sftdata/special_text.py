@@ -12,7 +12,7 @@ from .rejects import Reason, RecordError
 
 
 def _fields(m: Message) -> Iterator[tuple[str, str]]:
-    yield "content", m.content
+    yield "content", m.content or ""
     yield "reasoning", m.reasoning or ""
     for call in m.tool_calls:
         arguments = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments,
@@ -22,7 +22,7 @@ def _fields(m: Message) -> Iterator[tuple[str, str]]:
 
 def reject_special_text(messages: Sequence[Message], pattern: re.Pattern) -> None:
     for i, m in enumerate(messages):
-        if not (m.reasoning or m.tool_calls or pattern.search(m.content)):
+        if not (m.reasoning or m.tool_calls or pattern.search(m.content or "")):
             continue  # the common case, without going through every field
         for field, value in _fields(m):
             found = pattern.search(value)

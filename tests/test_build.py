@@ -55,7 +55,9 @@ def test_every_record_is_written_or_rejected_with_a_reason(full_build):
     rejects = read_rejects(out)
     written = [int(s) for r in rows for s in r.source_ids]
     rejected = [r["source_id"] for r in rejects]
-    assert sorted(written + rejected) == list(range(expected_records)), "a record is lost or duplicated"
+    # a record may write several documents (a turn trained in its own context): never also a reject
+    assert not set(written) & set(rejected)
+    assert sorted(set(written) | set(rejected)) == list(range(expected_records)), "a record is lost"
     assert counts.documents == len(written) and counts.rejected == len(rejected)
     assert sum(counts.rejected_by_reason.values()) == counts.rejected
     assert [i.records for i in manifest.inputs] == [_records(p) for p in ALL_INPUTS]
