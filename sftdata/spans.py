@@ -191,6 +191,7 @@ def _sentinel_regions(text: str, marked: str, owner: list[int], n_messages: int
     open_at: dict[int, int] = {}
     broken: set[int] = set()
     found: set[int] = set()
+    copies: set[int] = set()  # fields rendered whole once already: a later whole copy is not the message's
     for pos, sentinel in zip(itertools.accumulate(map(len, parts[0:-1:2])), parts[1::2]):
         field, closing = divmod(ord(sentinel) - SENTINEL_BASE, 2)
         if field >= len(owner):
@@ -201,7 +202,10 @@ def _sentinel_regions(text: str, marked: str, owner: list[int], n_messages: int
                 broken.add(owner[field])
             open_at[field] = pos
         elif field in open_at:
-            regions[owner[field]].append((open_at.pop(field), pos))
+            start = open_at.pop(field)
+            if field not in copies:  # e.g. a called tool's name repeated in its result's header (harmony)
+                regions[owner[field]].append((start, pos))
+                copies.add(field)
         else:
             broken.add(owner[field])
     broken.update(owner[f] for f in open_at)

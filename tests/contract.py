@@ -13,8 +13,12 @@ offsets. A document passes when:
 
 from __future__ import annotations
 
+import json
+
 import jinja2
 import numpy as np
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers import AutoTokenizer
 
 from sftdata.spans import template_messages
@@ -81,11 +85,28 @@ def check_contract(path: str, template: str, conversation, doc, trained: list[bo
         assert not stray, f"control tokens {stray} inside a trained run: {run[:80]!r}"
 
 
-def render_prefix(path: str, template: str, conversation, k: int, generation: bool = False, **mode) -> str:
-    """transformers' rendering of the conversation's first k messages (with the generation prompt)."""
-    kwargs = {"tools": list(conversation.tools)} if conversation.tools else {}
-    return hf_tokenizer(path).apply_chat_template(template_messages(conversation.messages)[:k], chat_template=template,
-                                                  tokenize=False, add_generation_prompt=generation, **kwargs, **mode)
+def _jinja_render(path: str, template: str, messages: list[dict], tools, generation: bool, **mode) -> str:
+    """A plain sandboxed Jinja rendering set up as transformers sets one up, for records transformers
+    changes before rendering (this version gives a template `content: null` as an empty string)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = lambda value, **kw: json.dumps(value, ensure_ascii=False, **kw)
+    tok = hf_tokenizer(path)
+    specials = {k: getattr(tok, k) for k in ("bos_token", "eos_token", "unk_token", "pad_token") if getattr(tok, k)}
+    return env.from_string(template).render(messages=messages, tools=tools, add_generation_prompt=generation,
+                                            **specials, **mode)
+
+
+def render_prefix(path: str, template: str, conversation, k: int, generation: bool = False, raw: bool = False,
+                  **mode) -> str:
+    """transformers' rendering of the conversation's first k messages (with the generation prompt); with
+    `raw`, a plain Jinja one that passes the messages as they are."""
+    messages = template_messages(conversation.messages)[:k]
+    tools = list(conversation.tools) if conversation.tools else None
+    if raw:
+        return _jinja_render(path, template, messages, tools, generation, **mode)
+    kwargs = {"tools": tools} if tools else {}
+    return hf_tokenizer(path).apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                  add_generation_prompt=generation, **kwargs, **mode)
 
 
 def tokenized(path: str, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -101,7 +122,8 @@ def tokenized(path: str, text: str) -> tuple[list[int], list[tuple[int, int]]]:
 
 
 def check_generation_contract(path: str, template: str, conversation, documents, trained: list[bool],
-                              specials: set[str], modes: tuple[dict, ...] = ({},)) -> dict[int, list[str]]:
+                              specials: set[str], modes: tuple[dict, ...] = ({},), raw: bool = False,
+                              appended: str = "") -> dict[int, list[str]]:
     """The contract of issue 14, judged from transformers' renderings alone:
       - every document is one tokenization of the rendering of a prefix of the conversation;
       - each trained turn i is trained in exactly one document, which holds the rendering of the
@@ -109,12 +131,14 @@ def check_generation_contract(path: str, template: str, conversation, documents,
         of the longest prompt of any mode that rendering continues (the conversation before turn i with
         the generation prompt) through that control token, every token of it;
       - no other token of any document is trained, and no document's first token.
+    `raw`: render with plain Jinja instead of transformers (records with `content: null`); `appended`: what
+    the template writes after every conversation (Meta Llama 3 Instruct's assistant header).
     Returns each document's trained text runs."""
     n = len(conversation.messages)
     renderings = {}
     for k in range(1, n + 1):
         try:
-            renderings[k] = render_prefix(path, template, conversation, k)
+            renderings[k] = render_prefix(path, template, conversation, k, raw=raw)
         except jinja2.TemplateError:  # a prefix the template refuses (tools listed with no user message yet)
             continue
     texts, offsets = [], []
@@ -130,9 +154,9 @@ def check_generation_contract(path: str, template: str, conversation, documents,
         if not train:
             continue
         last = renderings[i + 1]
-        prompts = [render_prefix(path, template, conversation, i, True, **mode) for mode in modes]
+        prompts = [render_prefix(path, template, conversation, i, True, raw, **mode) for mode in modes]
         start = max(len(p) for p in prompts if last.startswith(p))
-        end = len(last.rstrip())
+        end = len(last.removesuffix(appended).rstrip()) if appended else len(last.rstrip())
         assert any(last[:end].endswith(s) for s in specials), f"turn {i} as the last turn ends in no control token"
         hosts = []
         for d, (doc, text, offs) in enumerate(zip(documents, texts, offsets)):

@@ -80,7 +80,8 @@ def expected_flags(conversation, train_on: TrainOn) -> list[bool]:
     assistants = [i for i, m in enumerate(conversation.messages) if m.role == "assistant"]
     flags = []
     for i, m in enumerate(conversation.messages):
-        trainable = m.role == "assistant" and bool(m.content.strip() or m.tool_calls)
+        trainable = m.role == "assistant" and bool((m.content or "").strip() or m.tool_calls or
+                                                   (m.reasoning or "").strip())
         flags.append(trainable and (train_on is TrainOn.ASSISTANT or i == assistants[-1]))
     return flags
 
