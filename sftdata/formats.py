@@ -183,8 +183,7 @@ def from_sharegpt(record: dict, source_id: int) -> Conversation:
             raise _malformed(f"{where}: `value` must be a string, got {type(value).__name__}")
         train = _train_flag(turn, where)
         if speaker == "function_call":
-            # a call alone, as an OpenAI message without content gives it
-            messages.append(Message("assistant", None, train=train, tool_calls=(_tool_call(value, where),)))
+            messages.append(Message("assistant", "", train=train, tool_calls=(_tool_call(value, where),)))
         else:
             messages.append(Message(role, value, train=train))
     return Conversation(source_id, tuple(messages), _tools(record.get("tools"), "record"))

@@ -106,7 +106,8 @@ def retarget(rendered: Rendered, placed: dict[int, Placed], trained: list[int], 
         elif span.train and (i in placed or extra):
             span = spans[i] = MessageSpan(span.role, False, span.data, span.turn)
         before = max([before, *(b for _, b in span.data), *(span.turn[1:] if span.train and span.turn else ())])
-    return replace(rendered, spans=tuple(spans), extra=extra)
+    # the fields a record leaves out are counted once, on its whole rendering (render_documents)
+    return replace(rendered, spans=tuple(spans), extra=extra, unrendered=() if extra else rendered.unrendered)
 
 
 def _unrendered(conv: Conversation, whole: Rendered, render) -> tuple[dict[int, Rendered], tuple]:
