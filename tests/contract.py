@@ -37,13 +37,7 @@ def reference_tokens(path: str, template: str, conversation) -> tuple[str, list[
     kwargs = {"tools": list(conversation.tools)} if conversation.tools else {}
     text = tok.apply_chat_template(template_messages(conversation.messages), chat_template=template,
                                    tokenize=False, **kwargs)
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-    with_bos = tok("a")["input_ids"]
-    prefix = with_bos[: len(with_bos) - len(tok("a", add_special_tokens=False)["input_ids"])]
-    if prefix and ids[: len(prefix)] != prefix:
-        ids, offsets = prefix + ids, [(0, 0)] * len(prefix) + offsets
-    return text, ids, offsets
+    return text, *tokenized(path, text)
 
 
 def trained_runs(text: str, mask: np.ndarray, offsets) -> list[str]:
