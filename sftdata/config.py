@@ -94,24 +94,21 @@ class BuildConfig:
                                                             "typing <|im_end|>): reject the record, tokenize it "
                                                             "as literal text, or allow it to become the control "
                                                             "token")
-    turn_context: TurnContext = setting(TurnContext.OWN, "where each assistant turn is trained. own: after "
-                                                         "exactly the prompt it is generated from (the "
-                                                         "template's rendering of the conversation before it "
-                                                         "with the generation prompt); a turn the whole "
-                                                         "conversation renders otherwise (earlier reasoning "
-                                                         "dropped, an end token rewritten) gets a document "
-                                                         "of its own. whole: every turn inside the whole "
-                                                         "rendering, as rendered there. last: one document, "
-                                                         "training only the turns the whole rendering holds "
-                                                         "as generated (the last one at least)")
-    empty_reasoning: EmptyReasoning = setting(EmptyReasoning.PROMPT, "text that a mode's generation prompt "
-                                                                     "forces before a reply (Qwen3's empty "
-                                                                     "<think></think> before a reply without "
-                                                                     "reasoning): prompt (untrained) or train")
-    unrendered: Unrendered = setting(Unrendered.REJECT, "a message field the chat template does not render "
-                                                        "(tool calls, reasoning, a second parallel call): "
-                                                        "reject the record, or drop the field (a turn left "
-                                                        "with no text of its own is not trained)")
+    turn_context: TurnContext = setting(
+        TurnContext.OWN,
+        "where each assistant turn is trained. own: after exactly the prompt it is generated from (the template's "
+        "rendering of the conversation before it with the generation prompt); a turn the whole conversation "
+        "renders otherwise (earlier reasoning dropped, an end token rewritten) gets a document of its own. whole: "
+        "every turn inside the whole rendering, as rendered there. last: one document, training only the turns "
+        "the whole rendering holds as generated (the last one at least)")
+    empty_reasoning: EmptyReasoning = setting(
+        EmptyReasoning.PROMPT,
+        "text that a mode's generation prompt forces before a reply (Qwen3's empty <think></think> before a reply "
+        "without reasoning): prompt (untrained) or train")
+    unrendered: Unrendered = setting(
+        Unrendered.REJECT,
+        "a message field the chat template does not render (tool calls, reasoning, a second parallel call): "
+        "reject the record, or drop the field (a turn left with no text of its own is not trained)")
     masker: Masker = setting(Masker.SPANS, "spans: sftdata's exact masks. response-template: a COMPARATOR, not a "
                                            "recommended mode: the classic search of --response-template's token "
                                            "ids in each example, training everything after the first match, to "
