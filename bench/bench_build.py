@@ -9,6 +9,12 @@ SFT preparation of the same conversations (assistant-only loss, best-fit-decreas
 processes) is measured too. Every figure is measured in this run, each configuration in a fresh
 process, the configurations taking turns over several rounds (fastest run kept), and printed as a ratio
 against that floor.
+
+A second corpus, reasoning and tool use (the shared glaive_toolcall_en_demo.json and
+reason_tool_use_demo_50.jsonl cycled to `--reasoning` records), is built with the Qwen3 tokenizer with
+each turn trained in its own context (--turn-context own, the default) and inside the whole rendering
+(whole): documents per record, the token overhead of own against whole, and tokens written per second
+of each against the plain corpus (dummy_conversation.json cycled alike) built the same way.
 """
 
 from __future__ import annotations
@@ -26,11 +32,15 @@ from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOKENIZER = SHARED / "tokenizers" / "llama3_1"
+QWEN3 = SHARED / "tokenizers" / "qwen3"
 MAX_LENGTH = 4096
+REASONING_SOURCES = ("glaive_toolcall_en_demo.json", "reason_tool_use_demo_50.jsonl")
+PLAIN_SOURCES = ("dummy_conversation.json",)
 
 
-def make_corpus(folder: Path, conversations: int) -> list[Path]:
-    sources = sorted(p for p in (SHARED / "datasets").iterdir() if p.suffix in (".json", ".jsonl"))
+def make_corpus(folder: Path, conversations: int, names: tuple[str, ...] | None = None) -> list[Path]:
+    sources = sorted(p for p in (SHARED / "datasets").iterdir() if p.suffix in (".json", ".jsonl")
+                     and (names is None or p.name in names))
     records = {p: ([json.loads(line) for line in p.open()] if p.suffix == ".jsonl" else json.loads(p.read_text()))
                for p in sources}
     total = sum(len(r) for r in records.values())
@@ -107,17 +117,51 @@ def run_trl(paths: list[Path]) -> dict:
     return {"seconds": seconds, "tokens": sum(len(ids) for ids in trainer.train_dataset["input_ids"])}
 
 
-def run_build(paths: list[Path], workers: int, pack: bool, out: Path) -> dict:
+def run_build(paths: list[Path], workers: int, pack: bool, out: Path, tokenizer: str = str(TOKENIZER),
+              turn_context: str = "own") -> dict:
     from sftdata.build import build
     from sftdata.config import BuildConfig
 
     started = time.perf_counter()
-    manifest = build(paths, out, BuildConfig(tokenizer=str(TOKENIZER), workers=workers, pack=pack,
-                                             max_length=MAX_LENGTH), overwrite=True)
+    manifest = build(paths, out, BuildConfig(tokenizer=tokenizer, workers=workers, pack=pack, max_length=MAX_LENGTH,
+                                             turn_context=turn_context), overwrite=True)
     own, children = _peak_rss_mb()
-    return {"seconds": time.perf_counter() - started, "tokens": manifest.counts.tokens,
-            "stages": manifest.seconds, "rss_mb": own, "worker_rss_mb": children,
-            "fill": (manifest.get("packing") or {}).get("fill")}
+    c = manifest.counts
+    return {"seconds": time.perf_counter() - started, "tokens": c.tokens, "stages": manifest.seconds,
+            "rss_mb": own, "worker_rss_mb": children, "fill": manifest.packing.fill if manifest.packing else None,
+            "records_written": c.records_written, "documents": c.documents, "context_documents": c.context_documents,
+            "context_tokens": c.context_tokens, "rejected": c.rejected}
+
+
+def reasoning_report(tmp: Path, records: int, rounds: int) -> None:
+    """Per-turn context on a reasoning/tool corpus against the whole rendering, and both against plain chats."""
+    corpora = {"reasoning/tool": make_corpus(tmp / "reasoning", records, REASONING_SOURCES),
+               "plain": make_corpus(tmp / "plain", records, PLAIN_SOURCES)}
+    rows = {}
+    for corpus, paths in corpora.items():
+        configurations = {policy: ("build", None, {"workers": 1, "pack": False, "tokenizer": str(QWEN3),
+                                                   "turn_context": policy, "out": str(tmp / f"{corpus}-{policy}")})
+                          for policy in ("own", "whole")}
+        for policy, run in measure(configurations, paths, rounds).items():
+            rows[corpus, policy] = run
+    print(f"\nper-turn context (Qwen3 tokenizer, 1 worker, unpacked), {records:,} records per corpus\n")
+    print(f"{'corpus':16} {'context':7} {'written':>8} {'docs/rec':>9} {'tokens':>11} {'seconds':>8} "
+          f"{'tokens/s':>10} {'s/Mtok':>8}")
+    for (corpus, policy), r in rows.items():
+        print(f"{corpus:16} {policy:7} {r['records_written']:8,} {r['documents'] / max(r['records_written'], 1):9.2f} "
+              f"{r['tokens']:11,} {r['seconds']:8.2f} {r['tokens'] / r['seconds']:10,.0f} "
+              f"{1e6 * r['seconds'] / r['tokens']:8.2f}")
+    for corpus in corpora:
+        own, whole = rows[corpus, "own"], rows[corpus, "whole"]
+        overhead = own["tokens"] / whole["tokens"] - 1
+        cost = (own["seconds"] / own["tokens"]) / (whole["seconds"] / whole["tokens"]) - 1
+        print(f"{corpus}: own writes {own['context_documents']:,} extra documents, {overhead:+.1%} tokens against "
+              f"whole; seconds per token written {cost:+.1%} against whole (bar: at most {overhead:+.1%}); "
+              f"wall time {own['seconds'] / whole['seconds'] - 1:+.1%}")
+    plain = rows["plain", "own"]
+    reasoning = rows["reasoning/tool", "own"]
+    print(f"reasoning/tool against plain (both own): tokens/s "
+          f"{(reasoning['tokens'] / reasoning['seconds']) / (plain['tokens'] / plain['seconds']):.2f}x")
 
 
 def run_child(kind: str, paths: list[Path], env: dict | None = None, **kwargs) -> dict:
@@ -157,6 +201,9 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=20_000)
     parser.add_argument("--large", type=int, default=200_000, help="size of the memory comparison (0: skip)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each configuration, taking turns")
+    parser.add_argument("--reasoning", type=int, default=5_000,
+                        help="records of the reasoning/tool corpus (Qwen3 tokenizer; 0: skip)")
+    parser.add_argument("--only-reasoning", action="store_true", help="measure the reasoning/tool corpus only")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -169,6 +216,10 @@ def main() -> None:
     default = default_workers()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.reasoning and QWEN3.exists():
+            reasoning_report(tmp, args.reasoning, args.rounds)
+        if args.only_reasoning:
+            return
         paths = make_corpus(tmp / "corpus", args.conversations)
         one_thread = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}
 

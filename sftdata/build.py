@@ -109,7 +109,8 @@ class _Tally:
                       tokens=t.tokens, trained_tokens=t.trained_tokens, truncated=t.truncated,
                       split_pieces=t.split_pieces, rows=rows, span_methods=dict(sorted(t.span_methods.items())),
                       unrendered_fields=dict(sorted(t.unrendered_fields.items())),
-                      comparator_template_not_found=t.comparator_template_not_found)
+                      comparator_template_not_found=t.comparator_template_not_found,
+                      context_documents=t.context_documents, context_tokens=t.context_tokens)
 
 
 def _executor(config: BuildConfig, local: Worker):

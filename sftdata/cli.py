@@ -112,6 +112,12 @@ def _print_summary(console, manifest: Manifest, out: str) -> None:
     ratio = c.trained_tokens / max(c.tokens, 1)
     console.print(f"[bold]{escape(out)}[/]: {_n(c.documents, 'document')} in {_n(len(manifest.shards), 'shard')}, "
                   f"{c.tokens:,} tokens, {c.trained_tokens:,} trained ({ratio:.1%}), {c.truncated:,} truncated")
+    if c.context_documents:
+        share = c.context_tokens / max(c.tokens, 1)
+        style = "bold yellow" if share > 0.2 else "yellow" if share > 0.05 else "default"
+        console.print(f"[{style}]{_n(c.context_documents, 'document')} ({c.context_tokens:,} tokens, {share:.1%} of "
+                      "all) train turns in the context they are generated in[/] (the whole conversation renders "
+                      "them otherwise; --turn-context whole or last writes none)")
     for field_kind, count in c.unrendered_fields.items():
         console.print(f"[yellow]{_n(count, 'document')} hold {field_kind} fields the chat template does not "
                       "render[/] (they are not in the tokens; use a template that renders them)")

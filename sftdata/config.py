@@ -34,6 +34,22 @@ class SpecialText(str, Enum):
     ALLOW = "allow"  # such text becomes the control token, knowingly
 
 
+class TurnContext(str, Enum):
+    OWN = "own"  # each trained turn in the rendering it is generated after: extra documents where needed
+    WHOLE = "whole"  # every turn inside the one rendering of the whole conversation (earlier behaviour)
+    LAST = "last"  # only the turns the whole rendering holds as generated (the last one at least)
+
+
+class EmptyReasoning(str, Enum):
+    PROMPT = "prompt"  # text a mode's generation prompt forces (Qwen3's empty think block) is prompt
+    TRAIN = "train"  # it is trained, as part of the reply
+
+
+class Unrendered(str, Enum):
+    REJECT = "reject"  # a record with a message field the template does not render is rejected
+    DROP = "drop"  # the field is left out; a turn left with no text of its own is not trained
+
+
 class Masker(str, Enum):
     SPANS = "spans"  # sftdata's exact masking (the default)
     RESPONSE_TEMPLATE = "response-template"  # comparator: the classic token search of a response template
@@ -78,6 +94,21 @@ class BuildConfig:
                                                             "typing <|im_end|>): reject the record, tokenize it "
                                                             "as literal text, or allow it to become the control "
                                                             "token")
+    turn_context: TurnContext = setting(
+        TurnContext.OWN,
+        "where each assistant turn is trained. own: after exactly the prompt it is generated from (the template's "
+        "rendering of the conversation before it with the generation prompt); a turn the whole conversation "
+        "renders otherwise (earlier reasoning dropped, an end token rewritten) gets a document of its own. whole: "
+        "every turn inside the whole rendering, as rendered there. last: one document, training only the turns "
+        "the whole rendering holds as generated (the last one at least)")
+    empty_reasoning: EmptyReasoning = setting(
+        EmptyReasoning.PROMPT,
+        "text that a mode's generation prompt forces before a reply (Qwen3's empty <think></think> before a reply "
+        "without reasoning): prompt (untrained) or train")
+    unrendered: Unrendered = setting(
+        Unrendered.REJECT,
+        "a message field the chat template does not render (tool calls, reasoning, a second parallel call): "
+        "reject the record, or drop the field (a turn left with no text of its own is not trained)")
     masker: Masker = setting(Masker.SPANS, "spans: sftdata's exact masks. response-template: a COMPARATOR, not a "
                                            "recommended mode: the classic search of --response-template's token "
                                            "ids in each example, training everything after the first match, to "

@@ -110,8 +110,8 @@ def _tool_call(raw: Any, where: str) -> ToolCall:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise _malformed(f"{where}: tool call without a `name`")
-    arguments = _shallow(_parse_json_maybe(raw.get("arguments", raw.get("parameters", {})), where),
-                         f"{where}: arguments")
+    # as given (an object, or JSON text), with an object's nesting bounded: span marking walks it recursively
+    arguments = _shallow(raw.get("arguments", raw.get("parameters", {})), f"{where}: arguments")
     return ToolCall(name=name, arguments=arguments, id=call_id if isinstance(call_id, str) else None)
 
 
@@ -153,14 +153,11 @@ def _openai_message(raw: Any, i: int) -> Message:
     role = raw.get("role")
     if role not in OPENAI_ROLES:
         raise _malformed(f"{where}: unknown or missing role {role!r} (expected one of {sorted(OPENAI_ROLES)})")
-    role = "system" if role == "developer" else role
-    content = raw.get("content")
+    content = raw.get("content")  # null stays null: some templates render tool calls only then
     reasoning, calls = None, []
-    if content is None:
-        content = ""
-    elif isinstance(content, list):
+    if isinstance(content, list):
         content, reasoning, calls = _content_parts(content, where)
-    elif not isinstance(content, str):
+    elif content is not None and not isinstance(content, str):
         raise _malformed(f"{where}: content must be a string or a list of parts, got {type(content).__name__}")
     for key in ("reasoning_content", "reasoning", "thinking"):
         if isinstance(raw.get(key), str):

@@ -3,8 +3,9 @@ with a manifest is a finished build); read by everything that uses a build (the 
 sfttrain's loader) through `Manifest.read`, which checks the format version and every key.
 
 `records == records_written + rejected` holds per input and in total; `documents >= records_written`
-(a record split with `--overlong split-turns` writes several documents). With an eval split, `counts`
-and `inputs` cover both splits and `eval` says which part of them is held out.
+(a record split with `--overlong split-turns` writes several documents, and so does a record with a turn
+trained in its own context: `context_documents`). With an eval split, `counts` and `inputs` cover both
+splits and `eval` says which part of them is held out.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ class Counts:
     span_methods: dict[str, int]  # how each document's spans were found: sentinel, difference, generation
     unrendered_fields: dict[str, int]  # documents holding a field of this kind the template does not render
     comparator_template_not_found: int = 0  # --masker response-template: documents it trains nothing of
+    # --turn-context own: documents beyond a record's first, each the rendering of the conversation up to a
+    # turn the whole rendering holds otherwise (earlier reasoning dropped, an end token rewritten), and
+    # their tokens: what training every turn in the context it is generated in costs
+    context_documents: int = 0
+    context_tokens: int = 0
 
 
 @dataclass

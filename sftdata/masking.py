@@ -5,8 +5,9 @@ from character ranges (tokens.py answers which tokens cover them), then checked 
 contract before a document may be written:
   1. ids are one tokenization of the whole rendering, with the tokenizer's own BOS rule and no double BOS;
   2. every token touching a trained message is 1, no token touching an untrained message is, and
-     tokens lying wholly inside a turn header are 0;
-  3. the end-of-turn token closing a trained turn is 1 (unless turned off) and the token after it is 0;
+     tokens lying wholly inside a turn header, or in the text before an untrained message, are 0;
+  3. the control tokens closing a trained turn (end of turn, end of a tool call, end of the answer, or a
+     run of them) are 1 (unless turned off) and the token after them is 0;
   4. the first token is never a target.
 """
 
@@ -60,7 +61,15 @@ def verify(rendered: Rendered, tokens: Tokens, mask: bytearray, tok: ModelTokeni
     if n and mask[0]:
         fail("the first token is a target")
     target_starts = {tokens.span(s.target)[0] for s in rendered.spans if s.target}
+    before = 0  # where the text of the messages before this one, and the turns trained there, ends
     for index, span in enumerate(rendered.spans):
+        if span.data and not span.train and not rendered.train_all:
+            # what the template writes before an untrained message (a tool result's header, even one
+            # naming the tool the assistant called) is not the assistant's
+            i, j = tokens.inside((before, span.data[0][0]))
+            if 1 in mask[i:j]:
+                fail(f"message {index} ({span.role}): token {mask.index(1, i, j)} of the text before it is a target")
+        before = max([before, *(b for _, b in span.data), *(span.turn[1:] if span.train and span.turn else ())])
         for r in span.data:
             i, j = tokens.span(r)
             if span.train and 0 in mask[i:j]:
@@ -77,13 +86,13 @@ def verify(rendered: Rendered, tokens: Tokens, mask: bytearray, tok: ModelTokeni
                 fail(f"message {index}: a header token before the turn is a target")
         if span.eot is not None:
             i, j = tokens.span(span.eot)
-            eot_id = tok.token_id(rendered.text[span.eot[0] : span.eot[1]])
-            if j - i != 1 or ids[i] != eot_id:
-                fail(f"message {index}: the end-of-turn text does not tokenize to its single control token")
-            if bool(mask[i]) != train_eot:
+            closing = [tok.token_id(m.group()) for m in tok.special_pattern.finditer(rendered.text, *span.eot)]
+            if ids[i:j].tolist() != closing:
+                fail(f"message {index}: the text closing the turn does not tokenize to its control tokens")
+            if any(bool(flag) != train_eot for flag in mask[i:j]):
                 fail(f"message {index}: the end-of-turn token is {'not ' if train_eot else ''}a target")
-            if train_eot and i + 1 < n and mask[i + 1] and i + 1 not in target_starts:
-                fail(f"message {index}: token {i + 1} after the end-of-turn token is a target")
+            if train_eot and j < n and mask[j] and j not in target_starts:
+                fail(f"message {index}: token {j} after the end-of-turn token is a target")
 
 
 def make_document(rendered: Rendered, tokens: Tokens, tok: ModelTokenizer, train_eot: bool) -> Document:
@@ -93,6 +102,7 @@ def make_document(rendered: Rendered, tokens: Tokens, tok: ModelTokenizer, train
     if 1 not in flags:
         why = "no non-empty trained turn"
         if rendered.unrendered:
-            why = f"the chat template does not render this record's {' and '.join(rendered.unrendered)} fields"
+            left_out = ", ".join(f"message {i} {kind}" for i, kind in rendered.unrendered)
+            why = f"the chat template does not render {left_out}"
         raise RecordError(Reason.NO_TRAINABLE_TOKENS, f"no token is a target ({why})")
     return Document(rendered.source_id, tokens.ids, mask, turn_ends=tuple(turn_ends), boundaries=tuple(boundaries))

@@ -36,7 +36,8 @@ import re
 from jinja2 import nodes
 
 CLEAN, FIELD, TEXT, MESSAGE, MESSAGES = "clean", "field", "text", "message", "messages"
-FIELD_KEYS = frozenset({"content", "reasoning_content"})  # what spans.template_messages wraps (tool calls aside)
+FIELD_KEYS = frozenset({"content", "reasoning_content", "thinking", "reasoning"})  # what spans.template_messages
+# wraps (tool calls aside)
 FIELD_TESTS = frozenset({"string", "none", "defined", "undefined"})  # answered alike with sentinels
 CONTAINER_TESTS = frozenset({"defined", "undefined", "none", "mapping", "sequence", "iterable"})
 PRIVATE_PLANES = re.compile("[\U000F0000-\U0010FFFF]")  # the sentinels' (spans.py) and generation markers'

@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import InputFormat
 
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 Range = tuple[int, int]  # [start, end) of characters in a rendering
 
 
@@ -37,10 +37,10 @@ class ToolCall:
 @dataclass(slots=True)
 class Message:
     role: str
-    content: str
+    content: str | None  # None where the source has `content: null` (templates may test for it)
     train: bool | None = None  # None: the build's --train-on policy decides
     tool_calls: tuple[ToolCall, ...] = ()
-    reasoning: str | None = None  # rendered as `reasoning_content` for templates that know it
+    reasoning: str | None = None  # given to templates as `reasoning_content`, `thinking` and `reasoning`
     name: str | None = None  # tool name on tool results, when the source gives it
     tool_call_id: str | None = None
 
@@ -58,6 +58,10 @@ class TemplateFacts:
 
     header: str  # generation prompt, or the last special token before an assistant reply; "" if none
     end_of_turn: str | None  # special token text closing an assistant turn; None if the template has none
+    # the template variables that change its generation prompt (`enable_thinking`), one setting each, the
+    # template's default ({}) first: each is a mode a turn may be generated in
+    modes: tuple[dict, ...] = ({},)
+    trailer: str = ""  # what the template writes after the end of the last turn (`\n`, an appended prompt)
 
 
 @dataclass(slots=True)
@@ -67,8 +71,8 @@ class MessageSpan:
     data: tuple[Range, ...]  # where the message's own text landed in the rendering
     turn: Range | None = None  # what the turn generates: after its header through its end-of-turn token
     target: Range | None = None  # characters to train (the turn; without the end-of-turn if that is off)
-    header: Range | None = None  # the header right before a trained assistant turn, checked untrained
-    eot: Range | None = None  # the end-of-turn token text closing a trained turn, checked trained
+    header: Range | None = None  # the prompt text right before a trained assistant turn, checked untrained
+    eot: Range | None = None  # the control token(s) closing a trained turn, checked trained
 
 
 @dataclass(slots=True)
@@ -79,7 +83,10 @@ class Rendered:
     method: str  # "sentinel", "difference" or "generation": how the spans were found
     literal: tuple[Range, ...] = ()  # special-token text inside messages, to tokenize as plain text
     train_all: bool = False
-    unrendered: tuple[str, ...] = ()  # message fields the template left out (e.g. "reasoning", "tool_call")
+    unrendered: tuple[tuple[int, str], ...] = ()  # (message, field) the template left out, e.g. (3, "tool_call")
+    # a document beyond the record's first: a trained turn the whole rendering renders otherwise, in the
+    # rendering of the conversation up to and including it (--turn-context own)
+    extra: bool = False
 
 
 @dataclass(slots=True)

@@ -10,6 +10,8 @@ class Reason(str, Enum):
     MALFORMED = "malformed_record"  # bad JSON, missing/unknown role, non-text content, unknown format
     SPECIAL_TOKEN_IN_CONTENT = "special_token_in_content"
     TEMPLATE_ERROR = "template_error"  # the chat template raised on this conversation
+    UNRENDERED_FIELD = "unrendered_field"  # the template leaves out a message field (--unrendered reject)
+    PROMPT_MISMATCH = "prompt_mismatch"  # a turn's rendering does not continue the prompt it follows
     MASK_VERIFICATION_FAILED = "mask_verification_failed"
     NO_TRAINABLE_TOKENS = "no_trainable_tokens"
     TOO_LONG = "too_long"

@@ -86,14 +86,22 @@ def _mark_arguments(arguments, mark, i: int):
     return arguments
 
 
-def template_messages(messages: Sequence[Message], wrap=_plain, only: int | None = None) -> list[dict]:
-    """Messages as chat templates expect them; `wrap` marks fields (of message `only`, if given)."""
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")  # the names chat templates read reasoning under
+
+
+def template_messages(messages: Sequence[Message], wrap=_plain, only: int | None = None,
+                      developer: str = "developer") -> list[dict]:
+    """Messages as a transformers user's apply_chat_template gives them to a template: roles as given (a
+    `developer` message as `developer`, the role a template that does not name it gets), `content: null`
+    as null, tool-call arguments as given, reasoning under every name templates read it by. `wrap` marks
+    fields (of message `only`, if given)."""
     out = []
     for i, m in enumerate(messages):
         mark = wrap if only is None or only == i else _plain
-        d: dict = {"role": m.role, "content": mark(m.content, i)}
+        d: dict = {"role": developer if m.role == "developer" else m.role, "content": mark(m.content, i)}
         if m.reasoning is not None:
-            d["reasoning_content"] = mark(m.reasoning, i, "reasoning")
+            reasoning = mark(m.reasoning, i, "reasoning")  # one sentinel pair: a template reads one name
+            d.update(dict.fromkeys(REASONING_KEYS, reasoning))
         if m.tool_calls:
             d["tool_calls"] = [
                 {"type": "function", "function": {"name": mark(c.name, i, "tool_call"),
@@ -107,6 +115,11 @@ def template_messages(messages: Sequence[Message], wrap=_plain, only: int | None
             d["tool_call_id"] = m.tool_call_id
         out.append(d)
     return out
+
+
+def template_role(template: ChatTemplate) -> str:
+    """The role a `developer` message has for this template."""
+    return "developer" if template.knows_developer else "system"
 
 
 # -- locating messages -----------------------------------------------------------------------------
@@ -178,6 +191,7 @@ def _sentinel_regions(text: str, marked: str, owner: list[int], n_messages: int
     open_at: dict[int, int] = {}
     broken: set[int] = set()
     found: set[int] = set()
+    copies: set[int] = set()  # fields rendered whole once already: a later whole copy is not the message's
     for pos, sentinel in zip(itertools.accumulate(map(len, parts[0:-1:2])), parts[1::2]):
         field, closing = divmod(ord(sentinel) - SENTINEL_BASE, 2)
         if field >= len(owner):
@@ -188,7 +202,10 @@ def _sentinel_regions(text: str, marked: str, owner: list[int], n_messages: int
                 broken.add(owner[field])
             open_at[field] = pos
         elif field in open_at:
-            regions[owner[field]].append((open_at.pop(field), pos))
+            start = open_at.pop(field)
+            if field not in copies:  # e.g. a called tool's name repeated in its result's header (harmony)
+                regions[owner[field]].append((start, pos))
+                copies.add(field)
         else:
             broken.add(owner[field])
     broken.update(owner[f] for f in open_at)
@@ -231,7 +248,8 @@ def _perturbed(text: str, _index: int, _kind: str = "content") -> str:
 
 
 def _locate_by_difference(conv: Conversation, template: ChatTemplate, text: str, i: int) -> list[Range]:
-    changed = template.render(template_messages(conv.messages, _perturbed, only=i), conv.tools).text
+    changed = template.render(template_messages(conv.messages, _perturbed, only=i, developer=template_role(template)),
+                              conv.tools).text
     return _difference_region(text, changed)
 
 
@@ -259,7 +277,7 @@ def _turn(text: str, message: Message, start: int, end: int, lo: int, hi: int, f
     block = next(((a, b) for a, b in generation if a <= start < b or (lo <= a and b <= hi and a < end)),
                  None) if assistant and generation else None
     header = None
-    content = message.content
+    content = message.content or ""
     if block is not None:
         t_start, t_end = block
     else:
@@ -301,16 +319,17 @@ def render_conversation(
         reject_special_text(conv, special_pattern)
     n = len(messages)
     wrap = _Wrapper()
+    developer = template_role(template)
     text, marked, sentinels, generation = None, None, None, ()
     try:
         if template.passthrough_refusal is None and not _private_outside_fields(conv):
-            marked = template.render(template_messages(messages, wrap), conv.tools).text
+            marked = template.render(template_messages(messages, wrap, developer=developer), conv.tools).text
             text, sentinels = _read_once(marked, wrap, n)
         if text is None:  # the plain rendering first: an error it raises names no sentinels
-            rendered = template.render(template_messages(messages), conv.tools)
+            rendered = template.render(template_messages(messages, developer=developer), conv.tools)
             text, generation = rendered.text, rendered.generation
             if marked is None:
-                marked = template.render(template_messages(messages, wrap), conv.tools).text
+                marked = template.render(template_messages(messages, wrap, developer=developer), conv.tools).text
     except TemplateRenderError as err:
         raise RecordError(Reason.TEMPLATE_ERROR, str(err)) from None
 
@@ -326,15 +345,20 @@ def render_conversation(
     regions, found = sentinels or ([None] * n, set())
     for i in wrap.unmarked:
         regions[i] = None
-    unrendered = tuple(sorted({wrap.kind[k] for k in range(len(wrap.owner)) if k not in found})) if sentinels else ()
+    unrendered = tuple(sorted({(wrap.owner[k], wrap.kind[k]) for k in range(len(wrap.owner)) if k not in found})
+                       ) if sentinels else ()
     method = "generation" if generation else "sentinel"
+    lost = []  # located by difference and not there at all: none of the message's fields is rendered
     try:
         for i in range(n):
             if regions[i] is None:
                 regions[i] = _locate_by_difference(conv, template, text, i)
                 method = "difference"
+                if not regions[i] and not is_empty_turn(messages[i]):
+                    lost.append((i, "message"))
     except TemplateRenderError as err:
         raise RecordError(Reason.TEMPLATE_ERROR, str(err)) from None
+    unrendered = tuple(sorted({*unrendered, *lost}))
 
     spans = []
     ranges = [(a, b, i) for i, data in enumerate(regions) for a, b in data]

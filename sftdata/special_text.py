@@ -32,7 +32,7 @@ def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
 
 
 def _message_strings(m: Message) -> Iterator[tuple[str, str]]:
-    yield "content", m.content
+    yield "content", m.content or ""  # null content stays null (formats.py)
     yield "reasoning", m.reasoning or ""
     yield "name", m.name or ""
     yield "tool_call_id", m.tool_call_id or ""

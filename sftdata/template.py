@@ -87,7 +87,10 @@ class ChatTemplate:
         except jinja2.TemplateSyntaxError as err:
             raise TemplateRenderError(f"the chat template does not compile: {err} (line {err.lineno})") from err
         self.source = source
+        self.syntax = env.parse(source)
         self.special_tokens = dict(special_tokens)
+        # a template naming the `developer` role gets it as given; others get such a message as `system`
+        self.knows_developer = "developer" in source
         self.has_generation_blocks = bool(_GENERATION_TAG.search(source))
         # None when the template provably copies message text into its output untouched: span finding
         # then renders each conversation once instead of twice (passthrough.py); otherwise, why not
@@ -98,13 +101,15 @@ class ChatTemplate:
             # template's own text is checked in `refusal`)
             self.passthrough_refusal = "its special tokens hold characters of the sentinels' private-use planes"
         else:
-            self.passthrough_refusal = refusal(env.parse(source))
+            self.passthrough_refusal = refusal(self.syntax)
         # what every render sees besides its messages; Template.render would merge it from a ChainMap of
         # globals on each call, a third of the time of rendering a short conversation
-        self._base_context = {**self._template.globals, **self.special_tokens}
+        self.base_context = {**self._template.globals, **self.special_tokens}
 
-    def render(self, messages: list[dict], tools: Any = None, add_generation_prompt: bool = False) -> RenderedText:
-        variables = {**self._base_context, "messages": messages, "tools": tools,
+    def render(self, messages: list[dict], tools: Any = None, add_generation_prompt: bool = False,
+               mode: dict | None = None) -> RenderedText:
+        """`mode`: template variables a caller of apply_chat_template may pass (`enable_thinking=False`)."""
+        variables = {**self.base_context, **(mode or {}), "messages": messages, "tools": tools,
                      "add_generation_prompt": add_generation_prompt}
         try:
             # Template.render, without its copy of the globals (they are in `variables` already) and

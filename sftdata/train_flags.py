@@ -22,4 +22,4 @@ def resolve_train_flags(messages: Sequence[Message], policy: TrainOn) -> list[bo
 
 
 def is_empty_turn(message: Message) -> bool:
-    return not message.content.strip() and not message.tool_calls and not (message.reasoning or "").strip()
+    return not (message.content or "").strip() and not message.tool_calls and not (message.reasoning or "").strip()

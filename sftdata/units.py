@@ -71,6 +71,8 @@ class UnitCounts:
     truncated: int = 0
     split_pieces: int = 0
     comparator_template_not_found: int = 0
+    context_documents: int = 0  # documents for turns trained in their own context (--turn-context own)
+    context_tokens: int = 0
     reasons: Counter = field(default_factory=Counter)
     span_methods: Counter = field(default_factory=Counter)
     unrendered_fields: Counter = field(default_factory=Counter)
@@ -84,6 +86,7 @@ class UnitCounts:
                    trained_tokens=sum(d.num_trained for d in result.documents), truncated=result.truncated,
                    split_pieces=result.split_pieces,
                    comparator_template_not_found=result.comparator_template_not_found,
+                   context_documents=result.context_documents, context_tokens=result.context_tokens,
                    reasons=Counter(r.reason.value for r in result.rejects), span_methods=Counter(result.span_methods),
                    unrendered_fields=Counter(result.unrendered_fields), seconds=StageSeconds(result.seconds))
 

@@ -7,6 +7,7 @@ verify, fit to length. It does no I/O, so it runs the same wherever an executor 
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -20,7 +21,7 @@ from .masking import make_document
 from .probe import probe_template
 from .records import Conversation, Document, Message, RawRecord, Rendered
 from .rejects import RecordError, Reject
-from .spans import render_conversation
+from .turns import render_documents
 from .template import ChatTemplate
 from .timing import StageSeconds
 from .tokenizer import ModelTokenizer, load_tokenizer
@@ -36,6 +37,8 @@ class BatchResult:
     unrendered_fields: Counter = field(default_factory=Counter)  # documents with a field the template drops
     truncated: int = 0  # documents cut to max_length
     split_pieces: int = 0  # documents beyond the first of records split into pieces
+    context_documents: int = 0  # documents beyond the first of a record, for turns trained in their context
+    context_tokens: int = 0  # the tokens of those documents
     comparator_template_not_found: int = 0
     seconds: StageSeconds = field(default_factory=StageSeconds)
 
@@ -69,14 +72,18 @@ class Worker:
             raise record.data
         conv = to_conversation(record.data, record.source_id, record.format)
         prompt = self.config.system_prompt
-        if prompt and conv.messages[0].role != "system":
+        if prompt and conv.messages[0].role not in ("system", "developer"):
             conv = replace(conv, messages=(Message("system", prompt),) + conv.messages)
         return conv
 
+    def documents(self, record: RawRecord) -> list[Rendered]:
+        """The record's documents as rendered: one, or more where turns are trained in their own context."""
+        return render_documents(self.conversation(record), self.template, self.facts, self.config,
+                                self.tokenizer.special_pattern)
+
     def render(self, record: RawRecord) -> Rendered:
-        cfg = self.config
-        return render_conversation(self.conversation(record), self.template, self.facts, cfg.train_on,
-                                   cfg.train_eot, cfg.special_text, self.tokenizer.special_pattern)
+        """The record's first document: the rendering of the whole conversation."""
+        return self.documents(record)[0]
 
     def _mask(self, rendered: Rendered, tokens, result: BatchResult) -> Document:
         if self.config.masker is Masker.SPANS:
@@ -92,7 +99,7 @@ class Worker:
         with prepared.result.seconds.timing("render"):
             for record in batch:
                 try:
-                    prepared.rendered.append(self.render(record))
+                    prepared.rendered.extend(self.documents(record))
                 except RecordError as err:
                     prepared.result.rejects.append(Reject(record.source_id, err.reason, err.detail))
         return prepared
@@ -109,18 +116,25 @@ class Worker:
         with result.seconds.timing("offsets"):
             tokens = tokens_of(prepared.rendered, prepared.encodings, self.tokenizer)
         with result.seconds.timing("mask_verify"):
-            for r, t in zip(prepared.rendered, tokens):
+            pairs = list(zip(prepared.rendered, tokens))
+            # a record's documents are consecutive: it is written whole or rejected whole
+            for source_id, group in itertools.groupby(pairs, key=lambda pair: pair[0].source_id):
+                record = list(group)
                 try:
-                    doc = self._mask(r, t, result)
-                    fitted = fit_length(doc, cfg.max_length, cfg.overlong)
+                    written = [(r, fit_length(self._mask(r, t, result), cfg.max_length, cfg.overlong))
+                               for r, t in record]
                 except RecordError as err:
-                    result.rejects.append(Reject(r.source_id, err.reason, err.detail))
+                    result.rejects.append(Reject(source_id, err.reason, err.detail))
                     continue
-                result.documents.extend(fitted)
-                result.span_methods[r.method] += 1
-                result.unrendered_fields.update(r.unrendered)
-                result.truncated += fitted[0].truncated
-                result.split_pieces += len(fitted) - 1
+                for r, fitted in written:
+                    result.documents.extend(fitted)
+                    result.span_methods[r.method] += 1
+                    result.unrendered_fields.update(kind for _, kind in r.unrendered)
+                    result.truncated += fitted[0].truncated
+                    result.split_pieces += len(fitted) - 1
+                    if r.extra:
+                        result.context_documents += len(fitted)
+                        result.context_tokens += sum(d.num_tokens for d in fitted)
             result.rejects.sort(key=lambda r: r.source_id)
         return result
 

@@ -51,9 +51,11 @@ def test_difference_method_handles_tool_calls_and_reasoning(record):
     # reasoning written into the content as <think> (Qwen's added tokens) is control text: allowed knowingly
     worker, result = process(record, special_text=SpecialText.ALLOW)
     assert not result.rejects, result.rejects
-    runs = trained_texts(worker, result.documents[0])
+    # the call is a non-thinking reply: the whole rendering holds it without the empty think block its
+    # prompt ends with, so it is trained in a document of its own (contract of issue 14)
+    runs = [r for doc in result.documents for r in trained_texts(worker, doc)]
     assert any("get_weather" in r and r.endswith("<|im_end|>") for r in runs)
-    assert runs[-1].endswith("done<|im_end|>") or runs[-1].endswith("It is 21C.<|im_end|>")
+    assert any(r.endswith("done<|im_end|>") or r.endswith("It is 21C.<|im_end|>") for r in runs)
     assert not any("21C<|im_end|>" in r and "tool_response" in r for r in runs)
 
 
@@ -67,7 +69,9 @@ def test_end_of_turn_text_in_tool_arguments():
     assert [r.reason for r in rejected.rejects] == [Reason.SPECIAL_TOKEN_IN_CONTENT]
     assert "tool call" in rejected.rejects[0].detail
     worker, allowed = process(record, special_text=SpecialText.ALLOW)
-    call = trained_texts(worker, allowed.documents[0])[0]
+    # the call is a non-thinking reply, trained in a document of its own (the whole rendering lacks the
+    # empty think block its prompt ends with)
+    call = next(r for d in allowed.documents for r in trained_texts(worker, d) if "python" in r)
     assert call.endswith("</tool_call><|im_end|>"), "the turn must end at its own end-of-turn token"
     worker, literal = process(record, special_text=SpecialText.LITERAL)
     im_end = worker.tokenizer.token_id("<|im_end|>")
@@ -78,7 +82,8 @@ def test_trained_user_after_an_empty_reply_trains_no_header():
     record = {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": ""},
                            {"role": "user", "content": "q2", "train": True}, {"role": "assistant", "content": "a"}]}
     worker, result = process(record)
-    assert trained_texts(worker, result.documents[0]) == ["q2<|im_end|>", "<think>\n\n</think>\n\na<|im_end|>"]
+    # the empty think block before a reply without reasoning is the non-thinking prompt: untrained (issue 14)
+    assert trained_texts(worker, result.documents[0]) == ["q2<|im_end|>", "a<|im_end|>"]
 
 
 def _long(turns: int) -> dict:

@@ -18,7 +18,7 @@ from sftdata.rejects import Reason
 from sftdata.worker import Worker
 
 from .conftest import TEMPLATES, fixture_tokenizer, requires_shared, shared_tokenizer
-from .contract import check_contract
+from .contract import check_contract, check_generation_contract
 from .traps import TOOL_CALL, TRAPS, UNTRAINABLE
 
 TODAY = datetime.date.today().isoformat()  # transformers' strftime_now sees today; make ours agree
@@ -31,6 +31,7 @@ class Case:
     template: str | None = None  # a file in fixtures/templates, or None for the tokenizer's own
     tools: bool = False  # the template renders tool calls
     allowed: frozenset = frozenset()  # control tokens the model itself generates inside a turn
+    modes: tuple = ({},)  # template variables that change the generation prompt (the judge's own knowledge)
     needs_shared: bool = False
 
 
@@ -40,7 +41,8 @@ CASES = [
     Case("llama3-bpe", fixture_tokenizer("llama3-bpe")),
     Case("llama3-bpe-tools", fixture_tokenizer("llama3-bpe"), "llama3_1_tools.jinja", tools=True,
          allowed=frozenset({"<|python_tag|>"})),
-    Case("chatml-bpe-qwen3", fixture_tokenizer("chatml-bpe"), tools=True, allowed=QWEN_GENERATED),
+    Case("chatml-bpe-qwen3", fixture_tokenizer("chatml-bpe"), tools=True, allowed=QWEN_GENERATED,
+         modes=({}, {"enable_thinking": False})),
     Case("chatml-generation", fixture_tokenizer("chatml-bpe"), "chatml_generation.jinja"),
     Case("llama2-spm", fixture_tokenizer("llama2-spm")),
     Case("mistral-spm-v3", fixture_tokenizer("mistral-spm"), tools=True, allowed=frozenset({"[TOOL_CALLS]"})),
@@ -51,7 +53,8 @@ CASES = [
          allowed=frozenset({"[TOOL_CALLS]"})),
     Case("shared-llama2", shared_tokenizer("llama2"), "llama2.jinja", needs_shared=True),
     Case("shared-llama3.1", shared_tokenizer("llama3_1"), needs_shared=True),
-    Case("shared-qwen3", shared_tokenizer("qwen3"), tools=True, allowed=QWEN_GENERATED, needs_shared=True),
+    Case("shared-qwen3", shared_tokenizer("qwen3"), tools=True, allowed=QWEN_GENERATED, needs_shared=True,
+         modes=({}, {"enable_thinking": False})),
 ]
 
 
@@ -81,20 +84,26 @@ def expected_flags(conversation, train_on: TrainOn) -> list[bool]:
     assistants = [i for i, m in enumerate(conversation.messages) if m.role == "assistant"]
     flags = []
     for i, m in enumerate(conversation.messages):
-        trainable = m.role == "assistant" and bool(m.content.strip() or m.tool_calls)
+        trainable = m.role == "assistant" and bool((m.content or "").strip() or m.tool_calls or
+                                                   (m.reasoning or "").strip())
         flags.append(trainable and (train_on is TrainOn.ASSISTANT or i == assistants[-1]))
     return flags
 
 
 def assert_contract(case: Case, worker: Worker, record: dict, train_on=TrainOn.ASSISTANT):
+    """Each trained turn in its generation context (check_generation_contract), and the content checks of
+    check_contract on the whole rendering's document. Returns the documents' trained text runs."""
     result = build_one(worker, record)
     assert not result.rejects, f"rejected: {result.rejects}"
-    (doc,) = result.documents
     conversation = to_conversation(record, 0, InputFormat.MESSAGES)
-    check_contract(worker.config.tokenizer, worker.tokenizer.chat_template, conversation, doc,
-                   expected_flags(conversation, train_on), worker.facts.end_of_turn,
-                   set(worker.tokenizer.special_texts), case.allowed)
-    return doc
+    flags = expected_flags(conversation, train_on)
+    path, template = worker.config.tokenizer, worker.tokenizer.chat_template
+    runs = check_generation_contract(path, template, conversation, result.documents, flags,
+                                     set(worker.tokenizer.special_texts), case.modes)
+    if len(result.documents) == 1:  # every trained turn is in the whole rendering
+        check_contract(path, template, conversation, result.documents[0], flags, worker.facts.end_of_turn,
+                       set(worker.tokenizer.special_texts), case.allowed)
+    return result.documents, runs
 
 
 @pytest.mark.parametrize("case", _params(CASES))
@@ -108,23 +117,20 @@ def test_trap_masks_exactly(case, trap, mistral_dir):
 @pytest.mark.parametrize("trap", ["twelve_turns", "reply_repeats_user", "system_prompt"])
 def test_train_on_last_trains_only_the_final_turn(case, trap, mistral_dir):
     worker = worker_for(case, mistral_dir, TrainOn.LAST)
-    doc = assert_contract(case, worker, TRAPS[trap], TrainOn.LAST)
+    (doc,), _ = assert_contract(case, worker, TRAPS[trap], TrainOn.LAST)
     full = build_one(worker_for(case, mistral_dir), TRAPS[trap]).documents[0]
     assert doc.input_ids.tolist() == full.input_ids.tolist()
     replies = sum(1 for m in TRAPS[trap]["messages"] if m["role"] == "assistant")
-    assert 0 < doc.num_trained < full.num_trained if replies > 1 else doc.num_trained == full.num_trained
+    # the whole rendering trains at least the last turn; earlier ones too where it holds them as generated
+    assert 0 < doc.num_trained <= full.num_trained
     assert (doc.loss_mask <= full.loss_mask).all(), "train-on last trains a token the default does not"
 
 
 @pytest.mark.parametrize("case", _params([c for c in CASES if c.tools]))
 def test_tool_calls_are_trained_and_tool_results_are_not(case, mistral_dir):
     worker = worker_for(case, mistral_dir)
-    doc = assert_contract(case, worker, TOOL_CALL)
-    text = worker.render(RawRecord(0, 0, InputFormat.MESSAGES, TOOL_CALL)).text
-    from .contract import reference_tokens, trained_runs
-    _, _, offsets = reference_tokens(worker.config.tokenizer, worker.tokenizer.chat_template,
-                                     to_conversation(TOOL_CALL, 0, InputFormat.MESSAGES))
-    runs = trained_runs(text, doc.loss_mask, offsets)
+    _, by_document = assert_contract(case, worker, TOOL_CALL)
+    runs = sorted((r for rs in by_document.values() for r in rs), key=lambda r: "get_weather" not in r)
     assert len(runs) == 2
     assert "get_weather" in runs[0] and "Paris" in runs[0]
     assert "21 °C" in runs[1]

@@ -27,7 +27,8 @@ def test_openai_content_parts_reasoning_tool_calls_and_flags():
     assert call.reasoning == "think" and call.tool_calls[0].name == "f" and call.tool_calls[0].arguments == {"x": 1}
     assert call.train is True and call.content == ""
     assert tool.tool_call_id == "c1"
-    assert second.tool_calls[0].arguments == {"y": 2} and second.tool_calls[0].id == "c2" and second.train is False
+    # arguments as given: JSON text stays text, as apply_chat_template would pass it
+    assert second.tool_calls[0].arguments == '{"y": 2}' and second.tool_calls[0].id == "c2" and second.train is False
 
 
 def test_sharegpt_roles_function_calls_and_system():

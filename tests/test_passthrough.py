@@ -160,7 +160,8 @@ def _spans_both_ways(worker: Worker, records: list[RawRecord], monkeypatch) -> t
 
 @pytest.mark.parametrize("tokenizer", ["llama3-bpe", "gemma-spm", "llama2-spm"])
 def test_one_rendering_finds_what_two_find_on_every_fixture_record(tokenizer, monkeypatch):
-    worker = Worker(BuildConfig(tokenizer=fixture_tokenizer(tokenizer)))
+    # span finding's renders only: placing turns in their context renders prefixes besides (turns.py)
+    worker = Worker(BuildConfig(tokenizer=fixture_tokenizer(tokenizer), turn_context="whole"))
     once, twice, renders = _spans_both_ways(worker, list(read_inputs(sorted((FIXTURES / "data").glob("*.json*")))),
                                             monkeypatch)
     assert once == twice

@@ -43,14 +43,14 @@ def test_difference_region_is_the_changed_part():
 def test_qwen3_think_in_history_falls_back_to_difference_and_stays_exact():
     # reasoning written into the content as <think> (Qwen's added tokens) is control text: allowed knowingly
     worker = Worker(BuildConfig(tokenizer=fixture_tokenizer("chatml-bpe"), special_text=SpecialText.ALLOW))
-    rendered = worker.render(RawRecord(0, 0, InputFormat.MESSAGES, TRAPS["think_in_history"]))
-    assert rendered.method == "difference"
-    doc = worker.process([RawRecord(0, 0, InputFormat.MESSAGES, TRAPS["think_in_history"])]).documents[0]
-    trained = [rendered.text[s.target[0]:s.target[1]] for s in rendered.spans if s.target]
-    # history turns lose their reasoning (the template drops it); the last turn keeps its think block
-    assert "<think>" not in trained[0] and trained[-1].startswith("<think>")
-    assert all(t.endswith("<|im_end|>") for t in trained)
-    assert doc.num_trained > 0
+    documents = worker.documents(RawRecord(0, 0, InputFormat.MESSAGES, TRAPS["think_in_history"]))
+    assert documents[0].method == "difference"
+    result = worker.process([RawRecord(0, 0, InputFormat.MESSAGES, TRAPS["think_in_history"])])
+    assert not result.rejects and len(result.documents) == len(documents) == 2
+    trained = [d.text[s.target[0]:s.target[1]] for d in documents for s in d.spans if s.target]
+    # the whole rendering drops the history turn's reasoning: that turn is trained in the rendering that
+    # ends with it, think block kept, as the model generated it (issue 14)
+    assert len(trained) == 2 and all(t.startswith("<think>") and t.endswith("<|im_end|>") for t in trained)
 
 
 def test_generation_blocks_win_when_the_template_has_them():

@@ -213,7 +213,7 @@ def _table(title: str, columns, rows, more: int = 0, right=()) -> Table:
     for col in columns:
         t.add_column(col, justify="right" if col in right else "left")
     for row in rows:
-        t.add_row(*row)
+        t.add_row(*map(Text, row))  # cells hold user text (paths, templates, reasons): never markup
     if more > 0:
         t.add_row("…", f"{more:,} more", *[""] * (len(columns) - 2))
     return t
@@ -236,7 +236,7 @@ def print_diff(console: Console, d: BuildDiff, vocab_a, vocab_b, limit: int, tok
     summary.add_column(justify="right")
     summary.add_column(style="dim")
     for row in d.summary():
-        summary.add_row(*row)
+        summary.add_row(*map(Text, row))
     console.print(summary)
     for title, items in ((f"only in {name_a}", d.only_a), (f"only in {name_b}", d.only_b)):
         if items:
@@ -411,5 +411,5 @@ def run(a: BuildData, b: BuildData, settings: DiffSettings, display: Display) ->
                display.tokens, settings.context)
     if settings.html:
         path = write_diff_html(result, Path(settings.html), vocab_a, vocab_b, max_docs=settings.max_html_docs)
-        err.print(f"wrote {path}")
+        err.print(f"wrote {path}", markup=False)
     return 1 if result.differs else 0

@@ -267,7 +267,7 @@ def run(data: BuildData, settings: ReportSettings, reading: VocabSettings) -> in
     t0 = time.perf_counter()
     path = write_report(data, settings.output, reading.tokenizer, settings.per_category)
     make_console(stderr=True).print(f"wrote {path} ({path.stat().st_size / 1024:,.0f} KiB in "
-                                    f"{time.perf_counter() - t0:.1f}s)")
+                                    f"{time.perf_counter() - t0:.1f}s)", markup=False)
     return 0
 
 
@@ -284,5 +284,6 @@ def report_after_build(out: str | Path, enabled: bool, console: Console) -> Path
     except Exception as err:  # the shards are written and valid; say why the report is missing
         console.print(f"[yellow]warning:[/] no report written ({type(err).__name__}: {escape(str(err))})")
         return None
-    console.print(f"report: {path} ({path.stat().st_size / 1024:,.0f} KiB, {time.perf_counter() - t0:.1f}s)")
+    console.print(f"report: {path} ({path.stat().st_size / 1024:,.0f} KiB, {time.perf_counter() - t0:.1f}s)",
+                  markup=False)
     return path

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..options import setting
 from .build_data import COMPARATOR_WARNING, BuildData
@@ -154,7 +155,7 @@ def print_stats(console: Console, data: BuildData, s: dict) -> None:
             it.add_column(col, justify="left" if col in ("input", "format") else "right")
         for i in s["inputs"]:
             reasons = ", ".join(f"{k} {v}" for k, v in i["rejected_by_reason"].items())
-            it.add_row(i["path"], i["format"] or "", f"{i['records']:,}", f"{i['documents']:,}", f"{i['tokens']:,}",
+            it.add_row(Text(i["path"]), i["format"] or "", f"{i['records']:,}", f"{i['documents']:,}", f"{i['tokens']:,}",
                        f"{i['trained_tokens']:,} ({i['trained_ratio']:.0%})",
                        f"{i['rejected']:,}" + (f" ({reasons})" if reasons else ""))
         console.print(it)

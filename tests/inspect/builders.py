@@ -54,6 +54,9 @@ def make_build(root: Path, name: str, inputs=None, **config) -> Path:
     inputs = inputs or [write_chats(root)]
     out = root / name
     config.setdefault("tokenizer", CHATML)
+    # one document per record, as the inspect tests count them (Qwen3's turns each in their own context
+    # would add documents: tests/test_turns.py covers that)
+    config.setdefault("turn_context", "whole")
     build(inputs, out, BuildConfig(workers=1, **config), overwrite=True)
     return out
 

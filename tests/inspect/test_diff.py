@@ -171,3 +171,14 @@ def test_near_keeps_context_around_differences():
     flags[[5, 15]] = True
     assert np.flatnonzero(near(flags, 2)).tolist() == [3, 4, 5, 6, 7, 13, 14, 15, 16, 17]
     assert not near(np.zeros(4, dtype=bool), 3).any()
+
+
+def test_user_text_that_looks_like_markup_is_printed_as_is(tmp_path, capsys):
+    # a response template such as Llama-2's "[/INST]" once made the settings table raise a markup error
+    # (exit 1, which diff documents as "the builds differ")
+    root = tmp_path / "[brackets]"
+    a = make_build(root, "a")
+    b = make_build(root, "b", masker="response-template", response_template="[/INST] [bold]x")
+    assert main(["diff", str(a), str(b), "--color", "always"]) == 1
+    out = capsys.readouterr().out
+    assert "[/INST] [bold]x" in out and "[brackets]" in out
