@@ -108,7 +108,7 @@ def run_trl(paths: list[Path]) -> dict:
 
 
 def run_build(paths: list[Path], workers: int, pack: bool, out: Path) -> dict:
-    from sftdata.build import build
+    from sftdata.builder import build
     from sftdata.config import BuildConfig
 
     started = time.perf_counter()

@@ -57,7 +57,7 @@ def run_build(args) -> int:
     from rich.progress import Progress as Bar
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .build import BuildError, build
+    from .builder import BuildError, build
     from .sources import InputError
     from .template import TemplateRenderError
     from .tokenizer import TokenizerError

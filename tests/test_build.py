@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from sftdata.build import BuildError, build
+from sftdata.builder import BuildError, build
 from sftdata.cli import main
 from sftdata.config import BuildConfig, Overlong, SpecialText
 from sftdata.shards import iter_rows, open_build, read_rejects
@@ -215,7 +215,7 @@ def test_a_rebuild_clears_what_a_killed_build_left(tmp_path):
 
 def test_a_failed_build_leaves_no_manifest(tmp_path, monkeypatch):
     build([DATA / "alpaca.json"], tmp_path / "o", BuildConfig(tokenizer=CHATML))
-    import sftdata.build as build_module
+    import sftdata.builder as build_module
 
     def explode(*args, **kwargs):
         raise RuntimeError("killed mid-build")
