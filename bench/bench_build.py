@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from bench import SHARED
+
 TOKENIZER = SHARED / "tokenizers" / "llama3_1"
 MAX_LENGTH = 4096
 

@@ -17,9 +17,35 @@ them are in records.py):
     shards       rows -> Arrow files
 
 worker.py is what one batch goes through (sources aside); executors/ is where batches run (local: this
-process and a process pool); build.py wires it together and writes the manifest (manifest.py, the typed
+process and a process pool); builder.py wires it together and writes the manifest (manifest.py, the typed
 record of a finished build) from the validated settings (config.py). inspect/ holds the commands that
 read a finished build (view, diff, stats, report).
+
+The Python API (api.py): `sftdata.build(inputs, out, tokenizer=..., **settings)` and
+`sftdata.open_build(out)`. Its names are loaded on first use, so `import sftdata` stays cheap.
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_API = {
+    "build": "api", "open_build": "api", "Build": "api",
+    "BuildConfig": "config", "ConfigError": "config",
+    "Manifest": "manifest", "ManifestError": "manifest",
+    "BuildError": "builder", "InputError": "sources", "TokenizerError": "tokenizer",
+    "TemplateRenderError": "template",
+}
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'sftdata' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})  # so a notebook completes the API's names before their first use

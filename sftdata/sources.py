@@ -1,13 +1,16 @@
 """Reading inputs: files in, raw records out, one stream across all inputs in the order given.
 
-Each record gets its source id (0-based position across all inputs). A line that is not JSON becomes a
-RecordError in place of its record, so one corrupt line never aborts a build; a file that cannot be
-read at all (missing, unknown type, no detectable format) raises at once.
+Each record gets its source id (0-based position across all inputs). A line that is not JSON, or a CSV
+row with the wrong number of cells, becomes a RecordError in place of its record, so one corrupt line
+never aborts a build; a file that cannot be read at all (missing, unknown type, no detectable format)
+raises at once.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,7 +20,8 @@ from .records import RawRecord
 from .rejects import Reason, RecordError
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
-DATASETS_BUILDERS = {".csv": "csv", ".tsv": "csv", ".txt": "text", ".arrow": "arrow"}
+CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+READABLE = ".jsonl, .json, .parquet, .csv, .tsv, .arrow, or a datasets folder"
 
 
 class InputError(Exception):
@@ -62,17 +66,46 @@ def _parquet_records(path: Path) -> Iterator[Any]:
         yield from batch.to_pylist()
 
 
+def _csv_records(path: Path, delimiter: str) -> Iterator[Any]:
+    """One record per row, keyed by the header; every value a string, as written (an empty cell is "")."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(rows, [])
+            for cells in rows:
+                if not cells:
+                    continue  # a blank line
+                if len(cells) != len(header):
+                    yield RecordError(Reason.MALFORMED, f"{path.name} line {rows.line_num}: {len(cells)} cells "
+                                                        f"where the header names {len(header)}")
+                else:
+                    yield dict(zip(header, cells))
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise InputError(f"{path} line {rows.line_num}: not readable as {path.suffix[1:].upper()} ({err})") from err
+
+
+@contextmanager
+def _datasets_quiet(datasets):
+    """datasets draws a progress bar for each load: the build has its own."""
+    was_on = not datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
+
+
 def _datasets_records(path: Path) -> Iterator[Any]:
     import datasets
 
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
-        loaded = datasets.load_from_disk(str(path))
-    elif path.is_dir():
-        loaded = datasets.load_dataset(str(path))
-    elif path.suffix in DATASETS_BUILDERS:
-        loaded = datasets.load_dataset(DATASETS_BUILDERS[path.suffix], data_files=str(path))
-    else:
-        raise InputError(f"{path}: unknown input type (expected .jsonl, .json, .parquet, or a datasets folder)")
+    with _datasets_quiet(datasets):
+        if path.suffix.lower() == ".arrow":
+            loaded = datasets.Dataset.from_file(str(path))
+        elif (path / "dataset_info.json").exists() or (path / "state.json").exists():
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset(str(path))
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
             raise InputError(f"{path}: a dataset with splits {list(loaded)} and no `train` split")
@@ -84,13 +117,17 @@ def read_file(path: Path) -> Iterator[Any]:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
+    if path.is_dir() or suffix == ".arrow":
+        return _datasets_records(path)
     if suffix in JSONL_SUFFIXES:
         return _jsonl_records(path)
     if suffix == ".json":
         return _json_records(path)
     if suffix == ".parquet":
         return _parquet_records(path)
-    return _datasets_records(path)
+    if suffix in CSV_DELIMITERS:
+        return _csv_records(path, CSV_DELIMITERS[suffix])
+    raise InputError(f"{path}: cannot read a {suffix or 'suffix-less'} file as conversations (expected {READABLE})")
 
 
 def read_inputs(paths: list[Path], fmt: InputFormat = InputFormat.AUTO) -> Iterator[RawRecord]:

@@ -199,7 +199,7 @@ def test_cli_refuses_to_overwrite_and_explains_tokenizer_problems(tmp_path, caps
     assert "--chat-template" in capsys.readouterr().err
     assert main(["build", str(DATA / "alpaca.json"), "--tokenizer", str(tmp_path / "nothing"), "--out",
                  str(tmp_path / "o3"), "--quiet"]) == 2
-    assert "cannot load a tokenizer" in capsys.readouterr().err
+    assert "nothing: no such folder" in " ".join(capsys.readouterr().err.split())  # rich wraps lines
     assert not (tmp_path / "o2" / "manifest.json").exists()
 
 
