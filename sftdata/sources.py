@@ -72,14 +72,14 @@ def _csv_records(path: Path, delimiter: str) -> Iterator[Any]:
         rows = csv.reader(f, delimiter=delimiter)
         try:
             header = next(rows, [])
+            first_line = rows.line_num + 1  # where the next row starts (a quoted cell may span lines)
             for cells in rows:
-                if not cells:
-                    continue  # a blank line
-                if len(cells) != len(header):
-                    yield RecordError(Reason.MALFORMED, f"{path.name} line {rows.line_num}: {len(cells)} cells "
-                                                        f"where the header names {len(header)}")
-                else:
+                if cells and len(cells) == len(header):
                     yield dict(zip(header, cells))
+                elif cells:  # [] is a blank line
+                    yield RecordError(Reason.MALFORMED, f"{path.name} line {first_line}: {len(cells)} cells "
+                                                        f"where the header names {len(header)}")
+                first_line = rows.line_num + 1
         except (csv.Error, UnicodeDecodeError) as err:
             raise InputError(f"{path} line {rows.line_num}: not readable as {path.suffix[1:].upper()} ({err})") from err
 
