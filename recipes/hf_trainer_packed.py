@@ -5,7 +5,7 @@ into one sequence, position_ids restarting at 0 at every document (from `seq_len
 labels = the token where sftdata's loss_mask is 1, else -100 (so every document's first token is -100:
 it is never a target, and nothing is predicted across a boundary).
 
-    python -m recipes.hf_trainer_packed BUILD MODEL OUT
+    packed_trainer("shards/", AutoModelForCausalLM.from_pretrained(MODEL), "run/", learning_rate=2e-5).train()
 
 Attention stays inside each document only because the model sees restarting position_ids and no
 attention_mask: flash-attention (varlen) takes the boundaries from them, and transformers 5's SDPA and
@@ -18,11 +18,9 @@ num_items_in_batch), across gradient accumulation too.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 import sftdata
 from recipes import tokenizer_of
@@ -50,7 +48,3 @@ def packed_trainer(build_dir: str, model: PreTrainedModel, out_dir: str, tokeniz
     return Trainer(model=model, args=args, train_dataset=built.rows, data_collator=flattened,
                    processing_class=tokenizer_of(built, tokenizer))
 
-
-if __name__ == "__main__":
-    build_dir, model_dir, out_dir = sys.argv[1:4]
-    packed_trainer(build_dir, AutoModelForCausalLM.from_pretrained(model_dir), out_dir).train()

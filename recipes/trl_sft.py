@@ -1,8 +1,9 @@
 """TRL's SFTTrainer on an sftdata build: every document with its tokens as input_ids and sftdata's loss
 mask as TRL's completion_mask, so TRL's labels are the token where the mask is 1 and -100 elsewhere.
 
-    python -m recipes.trl_sft BUILD MODEL OUT    # an unpacked build (sftdata build ... without --pack)
+    sft_trainer("shards/", AutoModelForCausalLM.from_pretrained(MODEL), "run/", learning_rate=2e-5).train()
 
+Packed builds work too: their rows are cut back into documents (sftdata.open_build(...).documents).
 TRL pads each batch of documents (attention_mask marks the padding): the attention is exact, and the
 loss of a step is the sum over target tokens divided by their number. What to keep as here:
 `max_length=None` (TRL's default of 1024 would cut longer documents and drop those left untrained;
@@ -12,10 +13,8 @@ sftdata already enforced its own --max-length), `completion_only_loss=True`, and
 
 from __future__ import annotations
 
-import sys
-
 import datasets
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 
 import sftdata
@@ -36,7 +35,3 @@ def sft_trainer(build_dir: str, model: PreTrainedModel, out_dir: str, tokenizer:
     return SFTTrainer(model=model, args=config, train_dataset=completion_dataset(built),
                       processing_class=tokenizer_of(built, tokenizer))
 
-
-if __name__ == "__main__":
-    build_dir, model_dir, out_dir = sys.argv[1:4]
-    sft_trainer(build_dir, AutoModelForCausalLM.from_pretrained(model_dir), out_dir).train()
