@@ -43,8 +43,9 @@ def packed_trainer(build_dir: str, model: PreTrainedModel, out_dir: str, tokeniz
     built = sftdata.open_build(build_dir)
     if built.manifest.packing is None:
         raise ValueError(f"{build_dir} is not packed: build it with --pack --max-length L, or use recipes.trl_sft")
+    tokenizer = tokenizer_of(built, tokenizer)
     # the collator needs loss_mask and seq_lens, which are not the model's arguments
     args = TrainingArguments(output_dir=out_dir, remove_unused_columns=False, report_to="none", **settings)
     return Trainer(model=model, args=args, train_dataset=built.rows, data_collator=flattened,
-                   processing_class=tokenizer_of(built, tokenizer))
+                   processing_class=tokenizer)
 

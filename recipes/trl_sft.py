@@ -30,8 +30,8 @@ def sft_trainer(build_dir: str, model: PreTrainedModel, out_dir: str, tokenizer:
                 **settings) -> SFTTrainer:
     """An SFTTrainer over the build; `settings` are SFTConfig's (learning_rate, num_train_epochs, ...)."""
     built = sftdata.open_build(build_dir)
+    tokenizer = tokenizer_of(built, tokenizer)
     config = SFTConfig(output_dir=out_dir, completion_only_loss=True, max_length=None, packing=False,
                        report_to="none", **settings)
-    return SFTTrainer(model=model, args=config, train_dataset=completion_dataset(built),
-                      processing_class=tokenizer_of(built, tokenizer))
+    return SFTTrainer(model=model, args=config, train_dataset=completion_dataset(built), processing_class=tokenizer)
 

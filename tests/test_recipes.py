@@ -89,6 +89,7 @@ def test_hf_trainer_on_packed_rows_trains_exactly_sftdatas_mask(builds, tmp_path
 
 def test_the_recipes_refuse_an_unpacked_build_or_another_tokenizer(builds, tmp_path):
     with pytest.raises(ValueError, match="not packed"):
-        packed_trainer(str(builds / "unpacked"), tiny_llama(16), str(tmp_path))
+        packed_trainer(str(builds / "unpacked"), tiny_llama(16), str(tmp_path), use_cpu=True)
     with pytest.raises(ValueError, match="built with another tokenizer"):
-        sft_trainer(str(builds / "unpacked"), tiny_llama(16), str(tmp_path), tokenizer=fixture_tokenizer("chatml-bpe"))
+        sft_trainer(str(builds / "unpacked"), tiny_llama(16), str(tmp_path), tokenizer=fixture_tokenizer("chatml-bpe"),
+                    use_cpu=True)
