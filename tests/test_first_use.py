@@ -22,7 +22,7 @@ LLAMA3 = fixture_tokenizer("llama3-bpe")
 
 def sftdata_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sftdata", *args], capture_output=True, text=True, cwd=REPO, check=False,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **env})
+                          env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "1000", **env})  # rich: no wrapping
 
 
 def test_version():
