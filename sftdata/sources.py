@@ -1,9 +1,9 @@
 """Reading inputs: files in, raw records out, one stream across all inputs in the order given.
 
-Each record gets its source id (0-based position across all inputs). A line that is not JSON becomes a
-RecordError in place of its record, so one corrupt line never aborts a build; a file that cannot be
-read at all (missing, unknown type, no detectable format) raises at once. Inputs are local paths or
-URLs (storage.py).
+Each record gets its source id (0-based position across all inputs). A line that is not JSON, or a CSV
+row with the wrong number of cells, becomes a RecordError in place of its record, so one corrupt line
+never aborts a build; a file that cannot be read at all (missing, unknown type, no detectable format)
+raises at once. Inputs are local paths or URLs (storage.py).
 
 A build reads its inputs in units (`Unit`): pieces of one file, found by one planning pass over it
 (`plan_file`), that are read independently (`read_unit`), anywhere, in any order, and together give
@@ -12,11 +12,13 @@ exactly the records, source ids and formats `read_inputs` gives.
 
 from __future__ import annotations
 
+import csv
 import io
 import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,7 +29,8 @@ from .rejects import Reason, RecordError
 from .storage import exists, is_dir, join, open_input, public, read_bytes, size
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
-DATASETS_BUILDERS = {".csv": "csv", ".tsv": "csv", ".txt": "text", ".arrow": "arrow"}
+CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+READABLE = ".jsonl, .json, .parquet, .csv, .tsv, .arrow, or a datasets folder"
 BOM = b"\xef\xbb\xbf"
 
 
@@ -83,17 +86,47 @@ def _parquet_records(path: str, row_groups: list[int] | None = None) -> Iterator
             yield from batch.to_pylist()
 
 
+def _csv_records(path: str, delimiter: str) -> Iterator[Any]:
+    """One record per row, keyed by the header; every value a string, as written (an empty cell is "")."""
+    with open_input(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(rows, [])
+            first_line = rows.line_num + 1  # where the next row starts (a quoted cell may span lines)
+            for cells in rows:
+                if cells and len(cells) == len(header):
+                    yield dict(zip(header, cells))
+                elif cells:  # [] is a blank line
+                    yield RecordError(Reason.MALFORMED, f"{_name(path)} line {first_line}: {len(cells)} cells "
+                                                        f"where the header names {len(header)}")
+                first_line = rows.line_num + 1
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise InputError(f"{public(path)} line {rows.line_num}: not readable as "
+                             f"{_suffix(path)[1:].upper()} ({err})") from err
+
+
+@contextmanager
+def _datasets_quiet(datasets):
+    """datasets draws a progress bar for each load: the build has its own."""
+    was_on = not datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
+
+
 def _datasets_records(path: str) -> Iterator[Any]:
     import datasets
 
-    if is_dir(path) and (exists(join(path, "dataset_info.json")) or exists(join(path, "state.json"))):
-        loaded = datasets.load_from_disk(path)
-    elif is_dir(path):
-        loaded = datasets.load_dataset(path)
-    elif _suffix(path) in DATASETS_BUILDERS:
-        loaded = datasets.load_dataset(DATASETS_BUILDERS[_suffix(path)], data_files=path)
-    else:
-        raise InputError(f"{path}: unknown input type (expected .jsonl, .json, .parquet, or a datasets folder)")
+    with _datasets_quiet(datasets):
+        if _suffix(path) == ".arrow":
+            loaded = datasets.Dataset.from_file(path)
+        elif exists(join(path, "dataset_info.json")) or exists(join(path, "state.json")):
+            loaded = datasets.load_from_disk(path)
+        else:
+            loaded = datasets.load_dataset(path)
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
             raise InputError(f"{path}: a dataset with splits {list(loaded)} and no `train` split")
@@ -106,13 +139,17 @@ def read_file(path: str | os.PathLike) -> Iterator[Any]:
     if not exists(path):
         raise InputError(f"{public(path)}: no such file or folder")
     suffix = _suffix(path)
+    if is_dir(path) or suffix == ".arrow":
+        return _datasets_records(path)
     if suffix in JSONL_SUFFIXES:
         return _jsonl_lines(path)
     if suffix == ".json":
         return _json_records(path)
     if suffix == ".parquet":
         return _parquet_records(path)
-    return _datasets_records(path)
+    if suffix in CSV_DELIMITERS:
+        return _csv_records(path, CSV_DELIMITERS[suffix])
+    raise InputError(f"{public(path)}: cannot read a {suffix or 'suffix-less'} file as conversations (expected {READABLE})")
 
 
 def _jsonl_lines(path: str) -> Iterator[Any]:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from sftdata.build import build
+from sftdata.builder import build
 from sftdata.config import BuildConfig
 from sftdata.manifest import MANIFEST, Manifest
 from sftdata.shards import open_build, read_rejects
