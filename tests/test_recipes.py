@@ -60,7 +60,7 @@ def test_trl_sft_trainer_trains_exactly_sftdatas_mask(builds, tmp_path):
     model = tiny_llama(built.manifest.tokenizer.vocab_size)
     expected = masked_loss(model, documents)
     every_token = masked_loss(model, documents, mask_of=lambda doc: [0] + [1] * (len(doc["input_ids"]) - 1))
-    assert abs(every_token - expected) > 10 * TOLERANCE * expected  # the mask matters: the check below can fail
+    assert abs(every_token - expected) > 5 * TOLERANCE * expected  # the mask matters: the check below can fail
 
     trainer = sft_trainer(str(builds / "unpacked"), model, str(tmp_path), per_device_train_batch_size=len(documents),
                           **ONE_STEP)
