@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine that has only `python3` (Debian/Ubuntu, or any Python 3.10+):
-# a virtual environment (.venv/, unless one is active), the project with its training and test
+# a virtual environment (.venv/, unless one is active), the project with its training, Ray, S3 and test
 # dependencies, CPU torch, and Chromium for the browser test. Safe to run again.
 # On a GPU machine: install the torch build you want into the environment first; this leaves it alone.
 set -euo pipefail
@@ -41,5 +41,6 @@ torch_spec="torch==2.13.0"
 if "$PYTHON" -c "import torch" 2>/dev/null; then
     torch_spec=""
 fi
-"$PYTHON" -m pip install -q ${torch_spec} -e ".[train,dev]"
+# every extra, so the tests run the Ray executor on a real two-node cluster and the builds on S3 (moto)
+"$PYTHON" -m pip install -q ${torch_spec} -e ".[train,ray,s3,dev]"
 echo "setup: done. Use it with: source $VENV/bin/activate   (or call $VENV/bin/sftdata directly)"
