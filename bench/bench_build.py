@@ -30,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from bench import SHARED
+
 TOKENIZER = SHARED / "tokenizers" / "llama3_1"
 QWEN3 = SHARED / "tokenizers" / "qwen3"
 MAX_LENGTH = 4096
@@ -119,7 +120,7 @@ def run_trl(paths: list[Path]) -> dict:
 
 def run_build(paths: list[Path], workers: int, pack: bool, out: Path, tokenizer: str = str(TOKENIZER),
               turn_context: str = "own") -> dict:
-    from sftdata.build import build
+    from sftdata.builder import build
     from sftdata.config import BuildConfig
 
     started = time.perf_counter()

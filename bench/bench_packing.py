@@ -17,10 +17,10 @@ import functools
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
+from bench import SHARED
 from sftdata.packing import (
     best_fit_decreasing,
     fill_stats,
@@ -30,7 +30,6 @@ from sftdata.packing import (
     pack,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOKENIZER = SHARED / "tokenizers" / "llama3_1" / "tokenizer.json"
 CAPACITIES = (4096, 2048)
 DOCS = 20_000

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 RUN = """
 import json, resource, sys, time
-from sftdata.build import build
+from sftdata.builder import build
 from sftdata.config import BuildConfig
 
 settings = json.loads(sys.argv[3])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sftdata.build import build
+from sftdata.builder import build
 from sftdata.config import BuildConfig
 from sftdata.inspect.report import report_after_build
 

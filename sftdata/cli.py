@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from .config import BuildConfig, ConfigError
+from . import __version__
+from .config import BuildConfig, ConfigError, absolute_if_local
 from .inspect.commands import add_parsers as add_inspect_parsers
 from .inspect.report import report_after_build
 from .inspect.verify import add_parser as add_verify_parser
@@ -44,14 +44,9 @@ def add_build_parser(sub) -> None:
     p.set_defaults(run=run_build)
 
 
-def _resolved(path: str | None) -> str | None:
-    """A local path made absolute, so the manifest names it from anywhere; a hub id stays as given."""
-    return str(Path(path).resolve()) if path and Path(path).exists() else path
-
-
 def config_from_args(args) -> BuildConfig:
-    return settings_from_args(BuildConfig, args, tokenizer=_resolved(args.tokenizer),
-                              chat_template=_resolved(args.chat_template))
+    return settings_from_args(BuildConfig, args, tokenizer=absolute_if_local(args.tokenizer),
+                              chat_template=absolute_if_local(args.chat_template))
 
 
 def run_build(args) -> int:
@@ -60,7 +55,7 @@ def run_build(args) -> int:
     from rich.progress import Progress as Bar
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .build import BuildError, build
+    from .builder import BuildError, build
     from .out_dir import OutDirError
     from .sources import InputError
     from .template import TemplateRenderError
@@ -139,6 +134,7 @@ def _n(count: int, noun: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sftdata", description="Prepare supervised fine-tuning data with "
                                      "exact per-token loss masks, and check it before training.")
+    parser.add_argument("--version", action="version", version=f"sftdata {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_build_parser(sub)
     add_inspect_parsers(sub)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 from datetime import date
 from enum import Enum
+from pathlib import Path
 
 from .options import setting
 
@@ -197,3 +198,8 @@ class BuildConfig:
 
     def to_json(self) -> dict:
         return {f.name: (v.value if isinstance(v := getattr(self, f.name), Enum) else v) for f in fields(self)}
+
+
+def absolute_if_local(path: str | None) -> str | None:
+    """A setting's local path made absolute, so the manifest names it from anywhere; a hub id stays as given."""
+    return str(Path(path).resolve()) if path and Path(path).exists() else path

@@ -1,10 +1,10 @@
 """Reading inputs: files in, raw records out, one stream across all inputs in the order given.
 
-Each record gets its source id (0-based position across all inputs). A line that is not JSON becomes a
-RecordError in place of its record, so one corrupt line never aborts a build; so does a record whose
-format cannot be told (the file's format is detected from the first record that tells it). A file that
-cannot be read at all (missing, unknown type, corrupt, a folder without data) raises at once. Inputs are
-local paths or URLs (storage.py).
+Each record gets its source id (0-based position across all inputs). A line that is not JSON, or a CSV
+row with the wrong number of cells, becomes a RecordError in place of its record, so one corrupt line
+never aborts a build; so does a record whose format cannot be told (the file's format is detected from
+the first record that tells it). A file that cannot be read at all (missing, unknown type, corrupt, a
+folder without data) raises at once. Inputs are local paths or URLs (storage.py).
 
 A build reads its inputs in units (`Unit`): pieces of one file, found by one planning pass over it
 (`plan_file`), that are read independently (`read_unit`), anywhere, in any order, and together give
@@ -13,6 +13,7 @@ exactly the records, source ids and formats `read_inputs` gives.
 
 from __future__ import annotations
 
+import csv
 import io
 import itertools
 import json
@@ -30,7 +31,8 @@ from .rejects import Reason, RecordError
 from .storage import exists, filesystem, is_dir, join, open_input, public, read_bytes, size
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
-DATASETS_BUILDERS = {".csv": "csv", ".tsv": "csv", ".txt": "text", ".arrow": "arrow"}
+CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+READABLE = ".jsonl, .json, .parquet, .csv, .tsv, .arrow, or a datasets folder"
 BOM = b"\xef\xbb\xbf"
 DATA_FILE_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv", ".tsv", ".arrow", ".txt"}
 
@@ -113,19 +115,49 @@ def _has_data_files(folder: str) -> bool:
                for found in fs.find(root))
 
 
+def _csv_records(path: str, delimiter: str) -> Iterator[Any]:
+    """One record per row, keyed by the header; every value a string, as written (an empty cell is "")."""
+    with open_input(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(rows, [])
+            first_line = rows.line_num + 1  # where the next row starts (a quoted cell may span lines)
+            for cells in rows:
+                if cells and len(cells) == len(header):
+                    yield dict(zip(header, cells))
+                elif cells:  # [] is a blank line
+                    yield RecordError(Reason.MALFORMED, f"{_name(path)} line {first_line}: {len(cells)} cells "
+                                                        f"where the header names {len(header)}")
+                first_line = rows.line_num + 1
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise InputError(f"{public(path)} line {rows.line_num}: not readable as "
+                             f"{_suffix(path)[1:].upper()} ({err})") from err
+
+
+@contextmanager
+def _datasets_quiet(datasets):
+    """datasets draws a progress bar for each load: the build has its own."""
+    was_on = not datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
+
+
 def _load_dataset(path: str):
     import datasets
 
-    if is_dir(path) and (exists(join(path, "dataset_info.json")) or exists(join(path, "state.json"))):
-        return datasets.load_from_disk(path)
-    if is_dir(path):
+    with _datasets_quiet(datasets):
+        if _suffix(path) == ".arrow":
+            return datasets.Dataset.from_file(path)
+        if exists(join(path, "dataset_info.json")) or exists(join(path, "state.json")):
+            return datasets.load_from_disk(path)
         if not _has_data_files(path):
             raise InputError(f"{path}: a folder without data: no data files ({', '.join(sorted(DATA_FILE_SUFFIXES))}) "
                              "and no `save_to_disk` dataset (dataset_info.json, state.json) in it")
         return datasets.load_dataset(path)
-    if _suffix(path) in DATASETS_BUILDERS:
-        return datasets.load_dataset(DATASETS_BUILDERS[_suffix(path)], data_files=path)
-    raise InputError(f"{path}: unknown input type (expected .jsonl, .json, .parquet, or a datasets folder)")
 
 
 def _datasets_records(path: str) -> Iterator[Any]:
@@ -147,13 +179,17 @@ def read_file(path: str | os.PathLike) -> Iterator[Any]:
     if not exists(path):
         raise InputError(f"{public(path)}: no such file or folder")
     suffix = _suffix(path)
+    if is_dir(path) or suffix == ".arrow":
+        return _datasets_records(path)
     if suffix in JSONL_SUFFIXES:
         return _jsonl_lines(path)
     if suffix == ".json":
         return _json_records(path)
     if suffix == ".parquet":
         return _parquet_records(path)
-    return _datasets_records(path)
+    if suffix in CSV_DELIMITERS:
+        return _csv_records(path, CSV_DELIMITERS[suffix])
+    raise InputError(f"{public(path)}: cannot read a {suffix or 'suffix-less'} file as conversations (expected {READABLE})")
 
 
 def _jsonl_lines(path: str) -> Iterator[Any]:

@@ -10,6 +10,9 @@ import hashlib
 import json
 import os
 import re
+import socket
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
@@ -228,7 +231,11 @@ def load_tokenizer(name_or_path: str, chat_template_file: str | None = None,
         except Exception:  # a damaged or foreign cache entry: load afresh and rewrite it
             loaded = None
     if loaded is None:
-        loaded = _load_with_transformers(name_or_path)
+        hub_unreachable = False
+        if not folder.is_dir():
+            _check_hub_id(name_or_path)
+            hub_unreachable = not _hub_reachable()
+        loaded = _load_with_transformers(name_or_path, local_files_only=hub_unreachable)
         if cached is not None:
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)
@@ -248,12 +255,54 @@ def load_tokenizer(name_or_path: str, chat_template_file: str | None = None,
     return loaded
 
 
-def _load_with_transformers(name_or_path: str) -> ModelTokenizer:
+# a hub repository id ("org/name", or a legacy "name"); a path with more parts, or starting with "." or
+# "/", is meant as a folder
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+HUB_CONNECT_SECONDS = 3.0
+
+
+def _check_hub_id(name: str) -> None:
+    """`name` is not a folder here: it must be a hub id."""
+    if Path(name).exists():
+        raise TokenizerError(f"tokenizer {name}: a file, not a folder; pass the folder holding tokenizer.json "
+                             "and tokenizer_config.json")
+    if not HUB_ID.fullmatch(name):
+        raise TokenizerError(f"tokenizer {name}: no such folder (pass a folder holding tokenizer.json and "
+                             "tokenizer_config.json, or a hub id like org/name)")
+
+
+def _hub_reachable() -> bool:
+    """Whether the hub can be asked, by one connection (to the proxy where one is set), so that a machine
+    without network fails in a moment instead of retrying for most of a minute. Where it cannot, a hub
+    id may still load from the hub's local cache."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
+        url = urllib.parse.urlsplit(proxy)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=HUB_CONNECT_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
+def _load_with_transformers(name_or_path: str, local_files_only: bool = False) -> ModelTokenizer:
     try:
         from transformers import AutoTokenizer
 
-        hf = AutoTokenizer.from_pretrained(name_or_path)
+        hf = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
     except Exception as err:  # transformers raises many kinds; all mean the same thing here
+        if local_files_only:
+            raise TokenizerError(
+                f"tokenizer {name_or_path}: no such folder, and as a hub id it is not in the local hub cache "
+                "while the hub cannot be reached (HF_HUB_OFFLINE is set, or no connection). Pass a folder "
+                "holding tokenizer.json and tokenizer_config.json."
+            ) from err
         raise TokenizerError(
             f"cannot load a tokenizer from {name_or_path!r}: {err}\n"
             "Pass a folder with tokenizer.json and tokenizer_config.json (or a hub id when online)."

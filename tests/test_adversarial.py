@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sftdata.build import build
+from sftdata.builder import build
 from sftdata.config import BuildConfig, InputFormat, Overlong, SpecialText, TrainOn
 from sftdata.records import RawRecord
 from sftdata.rejects import Reason

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from sftdata.build import BuildError, build
+from sftdata.builder import BuildError, build
 from sftdata.cli import main
 from sftdata.config import BuildConfig, Overlong, SpecialText
 from sftdata.out_dir import MARKER
@@ -203,7 +203,7 @@ def test_cli_refuses_to_overwrite_and_explains_tokenizer_problems(tmp_path, caps
     assert "--chat-template" in capsys.readouterr().err
     assert main(["build", str(DATA / "alpaca.json"), "--tokenizer", str(tmp_path / "nothing"), "--out",
                  str(tmp_path / "o3"), "--quiet"]) == 2
-    assert "cannot load a tokenizer" in capsys.readouterr().err
+    assert "nothing: no such folder" in " ".join(capsys.readouterr().err.split())  # rich wraps lines
     assert not (tmp_path / "o2" / "manifest.json").exists()
 
 
@@ -221,7 +221,7 @@ def test_a_rebuild_clears_what_a_killed_build_left(tmp_path):
 
 def test_a_failed_build_leaves_no_manifest(tmp_path, monkeypatch):
     build([DATA / "alpaca.json"], tmp_path / "o", BuildConfig(tokenizer=CHATML))
-    import sftdata.build as build_module
+    import sftdata.builder as build_module
 
     def explode(*args, **kwargs):
         raise RuntimeError("killed mid-build")

@@ -120,7 +120,6 @@ def test_train_on_last_trains_only_the_final_turn(case, trap, mistral_dir):
     (doc,), _ = assert_contract(case, worker, TRAPS[trap], TrainOn.LAST)
     full = build_one(worker_for(case, mistral_dir), TRAPS[trap]).documents[0]
     assert doc.input_ids.tolist() == full.input_ids.tolist()
-    replies = sum(1 for m in TRAPS[trap]["messages"] if m["role"] == "assistant")
     # the whole rendering trains at least the last turn; earlier ones too where it holds them as generated
     assert 0 < doc.num_trained <= full.num_trained
     assert (doc.loss_mask <= full.loss_mask).all(), "train-on last trains a token the default does not"

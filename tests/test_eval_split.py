@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sftdata.build import build
+from sftdata.builder import build
 from sftdata.config import BuildConfig, ConfigError, Overlong
 from sftdata.manifest import EVAL_DIR, Manifest
 from sftdata.shards import open_shard

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sftdata.build import build
+from sftdata.builder import build
 from sftdata.config import BuildConfig, ConfigError, Overlong
 from sftdata.shards import iter_rows, open_build, read_rejects
 

@@ -206,7 +206,7 @@ def test_what_one_rendering_cannot_read_is_rendered_again(source, content):
 
 
 def test_the_manifest_says_how_often_each_conversation_was_rendered(tmp_path):
-    from sftdata.build import build
+    from sftdata.builder import build
 
     data = [FIXTURES / "data" / "messages.jsonl"]
     once = build(data, tmp_path / "once", BuildConfig(tokenizer=fixture_tokenizer("llama3-bpe"))).template

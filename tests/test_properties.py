@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sftdata.build import build
+from sftdata.builder import build
 from sftdata.config import BuildConfig, InputFormat, TrainOn
 from sftdata.formats import to_conversation
 from sftdata.inspect.verify import verify_build

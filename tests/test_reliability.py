@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sftdata.build import BuildError, build
+from sftdata.builder import BuildError, build
 from sftdata.cli import main
 from sftdata.config import BuildConfig, Overlong, SpecialText
 from sftdata.manifest import Manifest, ManifestError

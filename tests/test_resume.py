@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from sftdata.build import build
+from sftdata.builder import build
 from sftdata.config import BuildConfig
 from sftdata.out_dir import MARKER
 from sftdata.units import UNITS, spill_name

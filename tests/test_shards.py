@@ -23,7 +23,7 @@ def test_a_packed_build_does_not_import_pandas(tmp_path):
     """pyarrow imports pandas on `to_numpy` (a fifth of a second in every build process)."""
     script = (
         "import sys\n"
-        "from sftdata.build import build\n"
+        "from sftdata.builder import build\n"
         "from sftdata.config import BuildConfig\n"
         f"build([{str(FIXTURES / 'data' / 'messages.jsonl')!r}], {str(tmp_path / 'out')!r}, "
         f"BuildConfig(tokenizer={fixture_tokenizer('llama3-bpe')!r}, pack=True, max_length=512, workers=1))\n"

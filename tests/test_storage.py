@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-import sftdata.build as build_module
-from sftdata.build import build
+import sftdata.builder as build_module
+from sftdata.builder import build
 from sftdata.config import BuildConfig
 from sftdata.manifest import MANIFEST, Manifest, ManifestError
 from sftdata.out_dir import MARKER, OutDirError

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from sftdata.build import build
+from sftdata.builder import build
 from sftdata.cli import main
 from sftdata.config import BuildConfig, Overlong
 from sftdata.inspect.verify import verify_build

@@ -6,7 +6,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from sftdata.build import build
+from sftdata.builder import build
 from sftdata.config import BuildConfig
 from sftdata.executors import local as executor
 from sftdata.executors.local import _Queued, _take_back_one

@@ -15,7 +15,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install sftdata[ray])")
 from ray.cluster_utils import Cluster
 
-from sftdata.build import build
+from sftdata.builder import build
 from sftdata.config import BuildConfig
 from sftdata.units import UNITS
 
@@ -42,7 +42,7 @@ def cluster():
 
 
 def test_a_local_build_never_imports_ray(tmp_path):
-    script = ("import sys; from sftdata.build import build; from sftdata.config import BuildConfig; "
+    script = ("import sys; from sftdata.builder import build; from sftdata.config import BuildConfig; "
               f"build([{str(FIXTURES / 'data' / 'messages.jsonl')!r}], {str(tmp_path / 'o')!r}, "
               f"BuildConfig(tokenizer={SETTINGS['tokenizer']!r})); assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})

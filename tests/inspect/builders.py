@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sftdata.build import build
+from sftdata.builder import build
 from sftdata.config import BuildConfig
 
 from ..conftest import fixture_tokenizer

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import pytest
 
 from sfttrain.cli import main
 from sfttrain_helpers import random_docs, write_build
