@@ -36,7 +36,7 @@ _API = {
     "build": "api", "open_build": "api", "Build": "api",
     "BuildConfig": "config", "ConfigError": "config",
     "Manifest": "manifest", "ManifestError": "manifest",
-    "BuildError": "builder", "InputError": "sources", "TokenizerError": "tokenizer",
+    "BuildError": "builder", "OutDirError": "out_dir", "InputError": "sources", "TokenizerError": "tokenizer",
     "TemplateRenderError": "template",
 }
 

@@ -8,7 +8,7 @@
     built.manifest   # the typed Manifest
 
 Settings are `BuildConfig`'s fields, as keyword arguments; errors are the command line's (ConfigError,
-BuildError, InputError, TokenizerError, TemplateRenderError), raised instead of printed.
+BuildError, OutDirError, InputError, TokenizerError, TemplateRenderError), raised instead of printed.
 """
 
 from __future__ import annotations

@@ -153,7 +153,9 @@ def _openai_message(raw: Any, i: int) -> Message:
     role = raw.get("role")
     if role not in OPENAI_ROLES:
         raise _malformed(f"{where}: unknown or missing role {role!r} (expected one of {sorted(OPENAI_ROLES)})")
-    content = raw.get("content")  # null stays null: some templates render tool calls only then
+    # null stays null (DeepSeek-V3's template renders tool calls only then); a message without the key
+    # has no content, which templates render as nothing
+    content = raw.get("content", "")
     reasoning, calls = None, []
     if isinstance(content, list):
         content, reasoning, calls = _content_parts(content, where)

@@ -117,8 +117,20 @@ def _unrendered(conv: Conversation, whole: Rendered, render) -> tuple[dict[int, 
     renderings, missing = {}, []
     for i in sorted({i for i, _ in whole.unrendered}):
         renderings[i] = render(prefix(conv, i))
-        missing += [f for f in whole.unrendered if f[0] == i and f in renderings[i].unrendered]
+        kinds = _left_out_in_both({k for j, k in whole.unrendered if j == i},
+                                  {k for j, k in renderings[i].unrendered if j == i})
+        missing += [(i, kind) for kind in sorted(kinds)]
     return renderings, tuple(missing)
+
+
+def _left_out_in_both(here: set[str], there: set[str]) -> set[str]:
+    """The kinds of field missing from both renderings. A rendering read by difference (spans.py) can say
+    only that a whole message is missing ("message"): every field of it, whatever the other names."""
+    if "message" in here:
+        return there
+    if "message" in there:
+        return here
+    return here & there
 
 
 def _unrendered_error(conv: Conversation, missing: tuple) -> RecordError:

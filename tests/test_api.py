@@ -60,7 +60,7 @@ def test_api_errors_are_the_command_lines(tmp_path):
     with pytest.raises(sftdata.InputError, match="no such file"):
         sftdata.build([tmp_path / "missing.jsonl"], tmp_path / "o", tokenizer=LLAMA3, workers=1)
     sftdata.build(INPUTS[0], tmp_path / "o2", tokenizer=LLAMA3, workers=1)
-    with pytest.raises(sftdata.BuildError, match="overwrite"):
+    with pytest.raises(sftdata.OutDirError, match="overwrite"):
         sftdata.build(INPUTS[0], tmp_path / "o2", tokenizer=LLAMA3, workers=1)
     with pytest.raises(sftdata.ManifestError):
         sftdata.open_build(tmp_path)
