@@ -31,7 +31,7 @@ from .config import BuildConfig, EmptyReasoning, Masker, TurnContext, Unrendered
 from .records import Conversation, MessageSpan, Rendered, TemplateFacts
 from .rejects import Reason, RecordError
 from .spans import render_conversation, template_messages, template_role
-from .template import ChatTemplate, TemplateRenderError
+from .template import ChatTemplate, RenderedText, TemplateRenderError
 from .train_flags import is_empty_turn, resolve_train_flags
 
 
@@ -45,14 +45,14 @@ class Placed:
 
 
 def place_turn(template: ChatTemplate, facts: TemplateFacts, messages: list[dict], tools, i: int,
-               empty_reasoning: EmptyReasoning, special_pattern: re.Pattern | None) -> Placed:
-    """Turn `i` (an assistant message of `messages`, the template's inputs) as the model generates it."""
+               empty_reasoning: EmptyReasoning, special_pattern: re.Pattern | None, last: str) -> Placed:
+    """Turn `i` (an assistant message of `messages`, the template's inputs) as the model generates it;
+    `last` is the template's rendering of `messages[: i + 1]` (render_through)."""
     try:
-        last = template.render(messages[: i + 1], tools).text
         prompts = {template.render(messages[:i], tools, add_generation_prompt=True, mode=mode).text
                    for mode in facts.modes}
     except TemplateRenderError as err:
-        raise RecordError(Reason.TEMPLATE_ERROR, f"rendering the conversation up to message {i}: {err}") from None
+        raise _render_error(i, err) from None
     fitting = [len(p) for p in prompts if last.startswith(p)]
     if not fitting:
         raise RecordError(Reason.PROMPT_MISMATCH, f"message {i} (assistant): the template's rendering of the "
@@ -69,6 +69,18 @@ def place_turn(template: ChatTemplate, facts: TemplateFacts, messages: list[dict
                 break
             eot = found.start()
     return Placed(last[:end], start, eot)
+
+
+def render_through(template: ChatTemplate, messages: list[dict], tools, i: int) -> RenderedText:
+    """The template's rendering of the conversation up to and including message `i`."""
+    try:
+        return template.render(messages[: i + 1], tools)
+    except TemplateRenderError as err:
+        raise _render_error(i, err) from None
+
+
+def _render_error(i: int, err: TemplateRenderError) -> RecordError:
+    return RecordError(Reason.TEMPLATE_ERROR, f"rendering the conversation up to message {i}: {err}")
 
 
 def plan_documents(whole: str, placed: dict[int, Placed]) -> list[tuple[int | None, list[int]]]:
@@ -133,9 +145,9 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
     """The record's documents: the whole rendering, then (--turn-context own) the rendering up to each turn
     trained in a document of its own, in conversation order."""
 
-    def render(c: Conversation) -> Rendered:
+    def render(c: Conversation, plain: RenderedText | None = None) -> Rendered:
         return render_conversation(c, template, facts, config.train_on, config.train_eot, config.special_text,
-                                   special_pattern)
+                                   special_pattern, plain)
 
     whole = render(conv)
     renderings, missing = _unrendered(conv, whole, render) if whole.unrendered else ({}, ())
@@ -151,14 +163,26 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
     if not turns:
         return [whole]
     messages = template_messages(conv.messages, developer=template_role(template))
-    placed = {i: place_turn(template, facts, messages, conv.tools, i, config.empty_reasoning, special_pattern)
-              for i in turns}
+    # each turn is placed in the rendering of the conversation through it: the whole rendering for the last
+    # message, a rendering made for its unrendered fields, or one made here, then reused for its document
+    through: dict[int, RenderedText] = {}
+    placed = {}
+    for i in turns:
+        if i == len(conv.messages) - 1:
+            last = whole.text
+        elif i in renderings:
+            last = renderings[i].text
+        else:
+            through[i] = render_through(template, messages, conv.tools, i)
+            last = through[i].text
+        placed[i] = place_turn(template, facts, messages, conv.tools, i, config.empty_reasoning, special_pattern,
+                               last)
     plan = plan_documents(whole.text, placed)
     in_whole = next((covered for host, covered in plan if host is None), [])
     documents = [retarget(whole, placed, in_whole, config.train_eot, extra=False)]
     if config.turn_context is TurnContext.OWN:
         for host, covered in sorted((d for d in plan if d[0] is not None), key=lambda d: d[0]):
-            rendering = renderings.get(host) or render(prefix(conv, host))
+            rendering = renderings.get(host) or render(prefix(conv, host), through.get(host))
             documents.append(retarget(rendering, placed, covered, config.train_eot, extra=True))
     return documents
 
