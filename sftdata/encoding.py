@@ -250,9 +250,9 @@ def _record_pieces(docs: list[str], cuts: re.Pattern, pieces: list[str]) -> list
     for j in range(1, len(docs)):
         shared = [common_prefix(docs[i], docs[j]) for i in range(j)]
         best = max(range(j), key=shared.__getitem__)  # the earliest of equals
-        ends = [m.end() for m in cuts.finditer(docs[j], 0, shared[best])]
-        base.append(best if ends else None)
-        start.append(ends[-1] if ends else 0)
+        after_cut = [m.end() for m in cuts.finditer(docs[j], 0, shared[best])]
+        base.append(best if after_cut else None)
+        start.append(after_cut[-1] if after_cut else 0)
     # a later document's start is a cut of its base: at or past the base's own start, since the base's
     # start ends an added token inside the text the two share
     splits = [sorted({start[j] for j in range(len(docs)) if base[j] == i}) for i in range(len(docs))]
