@@ -10,6 +10,11 @@ processes) is measured too. Every figure is measured in this run, each configura
 process, the configurations taking turns over several rounds (fastest run kept), and printed as a ratio
 against that floor.
 
+The command as users run it is timed too: `python -m sftdata build ... --pack` (default settings
+otherwise, so the report is written) from process start to exit, with the tokenizer cache warm. The
+report's share: `report_after_build` alone, timed in a fresh process on that build's folder (and on the
+large build's), against the in-process build's wall time.
+
 A second corpus, reasoning and tool use (the shared glaive_toolcall_en_demo.json and
 reason_tool_use_demo_50.jsonl cycled to `--reasoning` records), is built with the Qwen3 tokenizer with
 each turn trained in its own context (--turn-context own, the default) and inside the whole rendering
@@ -134,6 +139,31 @@ def run_build(paths: list[Path], workers: int, pack: bool, out: Path, tokenizer:
             "context_tokens": c.context_tokens, "rejected": c.rejected}
 
 
+def run_cli(paths: list[Path], out: str) -> dict:
+    """`sftdata build` as a user runs it: a new process, from its start to its exit."""
+    command = [sys.executable, "-m", "sftdata", "build", *map(str, paths), "--tokenizer", str(TOKENIZER),
+               "--out", out, "--pack", "--max-length", str(MAX_LENGTH), "--overwrite"]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    seconds = time.perf_counter() - started
+    if not (Path(out) / "report.html").exists():
+        sys.exit(f"the command wrote no report in {out}")
+    return {"seconds": seconds, "tokens": json.loads((Path(out) / "manifest.json").read_text())["counts"]["tokens"]}
+
+
+def run_report(out: Path) -> dict:
+    """What the command does after the build: the report, on a finished build's folder."""
+    import io
+
+    from rich.console import Console
+
+    from sftdata.inspect.report import report_after_build
+
+    started = time.perf_counter()
+    report_after_build(out, True, Console(file=io.StringIO()))
+    return {"seconds": time.perf_counter() - started}
+
+
 def reasoning_report(tmp: Path, records: int, rounds: int) -> None:
     """Per-turn context on a reasoning/tool corpus against the whole rendering, and both against plain chats."""
     corpora = {"reasoning/tool": make_corpus(tmp / "reasoning", records, REASONING_SOURCES),
@@ -167,6 +197,8 @@ def reasoning_report(tmp: Path, records: int, rounds: int) -> None:
 
 def run_child(kind: str, paths: list[Path], env: dict | None = None, **kwargs) -> dict:
     """One configuration in a fresh Python process (none shares warm state or memory)."""
+    if kind == "cli":
+        return run_cli(paths, **kwargs)
     request = json.dumps({"kind": kind, "paths": [str(p) for p in paths], **kwargs})
     done = subprocess.run([sys.executable, "-m", "bench.bench_build", "--child", request], check=True,
                           capture_output=True, text=True, env={**os.environ, **(env or {})},
@@ -192,6 +224,8 @@ def _child(request: str) -> None:
         result = run_floor(paths)
     elif kind == "trl":
         result = run_trl(paths)
+    elif kind == "report":
+        result = run_report(Path(spec["out"]))
     else:
         result = run_build(paths, out=Path(spec.pop("out")), **spec)
     print(json.dumps(result))
@@ -236,13 +270,16 @@ def main() -> None:
             configurations["sftdata build --pack, 2 workers"] = build_run(2, True)
         configurations[f"sftdata build --pack, default ({default} workers)"] = build_run(0, True)
         configurations[f"sftdata build, unpacked, default ({default} workers)"] = build_run(0, False)
-        rows = measure(configurations, paths, args.rounds)
+        cli_name = "`sftdata build --pack` command, start to exit, report on"
+        configurations[cli_name] = ("cli", None, {"out": str(tmp / "cli")})
         try:
             import trl
 
-            rows[f"TRL {trl.__version__} SFTTrainer preparation, 2 processes"] = run_child("trl", paths)
+            configurations[f"TRL {trl.__version__} SFTTrainer preparation, 2 processes"] = ("trl", None, {})
         except ImportError:
             print("TRL is not installed: its row is left out (pip install trl to compare)")
+        rows = measure(configurations, paths, args.rounds)
+        report = measure({"report": ("report", None, {"out": str(tmp / "cli")})}, [], args.rounds)["report"]
         floor = rows["floor: render + encode, 1 process"]
         floor_rate = floor["tokens"] / floor["seconds"]
         print(f"\n{args.conversations:,} conversations, {floor['tokens']:,} tokens (Llama-3.1 tokenizer), "
@@ -254,18 +291,29 @@ def main() -> None:
         packed = rows[f"sftdata build --pack, default ({default} workers)"]
         unpacked = rows[f"sftdata build, unpacked, default ({default} workers)"]
         trl_row = next((r for name, r in rows.items() if name.startswith("TRL")), None)
+        cli = rows[cli_name]
+        cli_rate = cli["tokens"] / cli["seconds"]
+        print(f"\nthe command, start to exit with its report: {cli_rate / floor_rate:.2f}x the floor (bar 1.5x); "
+              f"in process {(packed['tokens'] / packed['seconds']) / floor_rate:.2f}x")
         if trl_row:
-            speedup = (packed["tokens"] / packed["seconds"]) / (trl_row["tokens"] / trl_row["seconds"])
-            print(f"\nagainst TRL: the default packed build runs at {speedup:.2f}x TRL's tokens/s")
-        pack_s = packed["stages"]["pack_write"]
-        print(f"\npacking: its stage takes {pack_s:.2f} s, {pack_s / packed['seconds']:.1%} of the packed build's "
+            trl_rate = trl_row["tokens"] / trl_row["seconds"]
+            print(f"against TRL: the command {cli_rate / trl_rate:.2f}x TRL's tokens/s (bar 3.5x), the default packed "
+                  f"build in process {(packed['tokens'] / packed['seconds']) / trl_rate:.2f}x")
+        print(f"report: {report['seconds']:.2f} s, {report['seconds'] / packed['seconds']:.1%} of the in-process build "
+              f"(bar 5 %), {report['seconds'] / cli['seconds']:.1%} of the command's wall time")
+        pack_s = packed["stages"]["plan_rows"]
+        print(f"\npacking: planning the rows takes {pack_s:.2f} s, {pack_s / packed['seconds']:.1%} of the packed build's "
               f"wall time (wall time packed vs unpacked: {packed['seconds'] / unpacked['seconds'] - 1:+.1%}); "
               f"fill {packed['fill']:.2%}")
         stages = packed["stages"]
         print("stage seconds (summed over workers): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
         if args.large:
             big_paths = make_corpus(tmp / "corpus_large", args.large)
-            big = run_child("build", big_paths, workers=0, pack=True, out=str(tmp / "large"))
+            big = measure({"large": ("build", None, {"workers": 0, "pack": True, "out": str(tmp / "large")})},
+                          big_paths, args.rounds)["large"]
+            big_report = measure({"report": ("report", None, {"out": str(tmp / "large")})}, [], args.rounds)["report"]
+            print(f"\n{args.large:,} conversations: build {big['seconds']:.2f} s, report {big_report['seconds']:.2f} s, "
+                  f"{big_report['seconds'] / big['seconds']:.1%} of the build (bar 2 %)")
             small_rss = packed["rss_mb"] + packed["worker_rss_mb"]
             big_rss = big["rss_mb"] + big["worker_rss_mb"]
             print(f"\npeak RSS (main + largest worker): {args.conversations:,} conversations {small_rss:,.0f} MB, "

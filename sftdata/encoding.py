@@ -6,17 +6,24 @@ each token's offsets are the running sum of its tokens' byte lengths; a document
 only if its tokens spell exactly its text, and is encoded again with offsets otherwise. Other tokenizers
 (SentencePiece adds a space the text does not have) are asked `char_to_token` at the few span
 boundaries a document has.
+
+A record's documents beyond its whole rendering (turns trained in their own context) repeat most of it:
+each is encoded from the last added token inside the text it shares with an earlier document, the
+shared part's tokens taken from that one (`shared_pieces`).
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import tokenizers
 
 from .records import Range, Rendered
+from .spans import common_prefix
 from .token_bytes import TokenBytes
 from .tokenizer import ModelTokenizer
 
@@ -187,13 +194,104 @@ def _literal(text: str, literal: tuple[Range, ...], tok: ModelTokenizer) -> Offs
     return _with_prefix(np.asarray(ids, dtype=np.int32), starts, ends, tok.prefix_ids)
 
 
-def encode(rendered: list[Rendered], tok: ModelTokenizer) -> list[tokenizers.Encoding | np.ndarray]:
+def piece_cuts(tok: ModelTokenizer) -> re.Pattern | None:
+    """The added tokens after which a text may be cut, each piece encoding to its own ids whatever
+    follows (the ids of a text are its pieces' ids end to end); None where that is not certain.
+
+    Both engines split a text at its added tokens before anything else sees it, and encode each piece
+    on its own (tokenizers: AddedVocabulary.extract_and_normalize cuts at the tokens matched before
+    normalization, then normalizes and pre-tokenizes each piece; tiktoken: its special-token regex).
+    Where no added token overlaps another or itself (no one holds another, no end of one begins one),
+    every occurrence of one is a match whatever surrounds it, and a match ending inside the text two
+    documents share is a match in both. A token that strips whitespace next to it or matches only as a
+    whole word moves or skips cuts: then none is used. Byte-level tokenizers only (the others' tokens
+    need the tokenizer's offsets, which come with whole encodings)."""
+    if tok.token_bytes is None:
+        return None
+    if tok.ranked is not None:  # checked for stripping and whole-word tokens (tiktoken_bpe.ranked_pattern)
+        texts = cuts = list(tok.ranked["added"])
+    else:
+        added = list(tok.backend.get_added_tokens_decoder().values())
+        if any(t.lstrip or t.rstrip or t.single_word for t in added):
+            return None
+        texts = [t.content for t in added]
+        cuts = [t.content for t in added if not t.normalized]  # matched in the text as given
+    if not cuts or not _overlap_free(texts):
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(cuts, key=len, reverse=True)))
+
+
+def _overlap_free(texts: list[str]) -> bool:
+    """No text holds another, and no text's end (short of all of it) begins one, itself included."""
+    starts = {t[:k] for t in texts for k in range(1, len(t) + 1)}
+    if any(t[k:] in starts for t in texts for k in range(1, len(t))):
+        return False
+    return not any(a != b and a in b for a in texts for b in texts)
+
+
+def shared_pieces(texts: list[str], sources: list[int], cuts: re.Pattern) -> tuple[list[str], list[list[int]]]:
+    """The pieces to encode, and the pieces each text's ids are made of, end to end: a record's
+    documents (consecutive texts of one source) after the first continue the earlier one they share the
+    most text with, from the end of the last added token inside what they share."""
+    pieces: list[str] = []
+    made_of: list[list[int]] = []
+    for _, group in itertools.groupby(range(len(texts)), key=sources.__getitem__):
+        made_of += _record_pieces([texts[k] for k in group], cuts, pieces)
+    return pieces, made_of
+
+
+def _record_pieces(docs: list[str], cuts: re.Pattern, pieces: list[str]) -> list[list[int]]:
+    """Each document's pieces (indices into `pieces`, extended here)."""
+    if len(docs) == 1:
+        pieces.append(docs[0])
+        return [[len(pieces) - 1]]
+    base: list[int | None] = [None]
+    start = [0]  # where each document's own pieces begin
+    for j in range(1, len(docs)):
+        shared = [common_prefix(docs[i], docs[j]) for i in range(j)]
+        best = max(range(j), key=shared.__getitem__)  # the earliest of equals
+        after_cut = [m.end() for m in cuts.finditer(docs[j], 0, shared[best])]
+        base.append(best if after_cut else None)
+        start.append(after_cut[-1] if after_cut else 0)
+    # a later document's start is a cut of its base: at or past the base's own start, since the base's
+    # start ends an added token inside the text the two share
+    splits = [sorted({start[j] for j in range(len(docs)) if base[j] == i}) for i in range(len(docs))]
+    out: list[list[int]] = []
+    ends: list[list[int]] = []  # where each of a document's pieces ends in it
+    for j, doc in enumerate(docs):
+        kept = [] if base[j] is None else [(p, e) for p, e in zip(out[base[j]], ends[base[j]]) if e <= start[j]]
+        mine, at = [p for p, _ in kept], [e for _, e in kept]
+        bounds = [start[j], *(c for c in splits[j] if c > start[j]), len(doc)]
+        for a, b in zip(bounds, bounds[1:]):
+            if b > a:
+                pieces.append(doc[a:b])
+                mine.append(len(pieces) - 1)
+                at.append(b)
+        out.append(mine)
+        ends.append(at)
+    return out
+
+
+def encode(rendered: list[Rendered], tok: ModelTokenizer, cuts: re.Pattern | None = None
+           ) -> list[tokenizers.Encoding | np.ndarray]:
     """One batch encode of every plain rendering, with the GIL released: by tiktoken where it encodes
     exactly as the tokenizer (bpe.py), into ids; by the tokenizer's own threads otherwise, into encodings.
-    What follows, in `tokens_of`, is Python and runs where the rest of the Python work runs."""
-    texts = [r.text for r in rendered if not r.literal]
+    With `cuts` (piece_cuts), what a record's documents share is encoded once. What follows, in
+    `tokens_of`, is Python and runs where the rest of the Python work runs."""
+    plain = [r for r in rendered if not r.literal]
+    texts = [r.text for r in plain]
     if tok.token_bytes is None:
         return tok.backend.encode_batch(texts, add_special_tokens=False)
+    sources = [r.source_id for r in plain]
+    if cuts is None or len(set(sources)) == len(sources):
+        return _encode_byte_level(texts, tok)
+    pieces, made_of = shared_pieces(texts, sources, cuts)
+    ids = [e if isinstance(e, np.ndarray) else np.array(e.ids, dtype=np.int32)
+           for e in _encode_byte_level(pieces, tok)]
+    return [ids[k[0]] if len(k) == 1 else np.concatenate([ids[p] for p in k]) for k in made_of]
+
+
+def _encode_byte_level(texts: list[str], tok: ModelTokenizer) -> list[tokenizers.Encoding | np.ndarray]:
     ranked = tok.ranked_encoder
     if ranked is None:
         return tok.backend.encode_batch_fast(texts, add_special_tokens=False)

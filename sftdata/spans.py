@@ -31,7 +31,7 @@ from .passthrough import PRIVATE_PLANES
 from .records import Conversation, Message, MessageSpan, Range, Rendered, TemplateFacts
 from .rejects import Reason, RecordError
 from .special_text import literal_ranges, reject_special_text
-from .template import ChatTemplate, TemplateRenderError
+from .template import ChatTemplate, RenderedText, TemplateRenderError
 from .train_flags import is_empty_turn, resolve_train_flags
 
 SENTINEL_BASE = 0xF0000
@@ -220,7 +220,8 @@ def _in_order(fields: int) -> str:
     return "".join(map(chr, range(SENTINEL_BASE, SENTINEL_BASE + 2 * fields)))
 
 
-def _common_prefix(a: str, b: str) -> int:
+def common_prefix(a: str, b: str) -> int:
+    """The length of the longest text both `a` and `b` start with."""
     lo, hi = 0, min(len(a), len(b))
     while lo < hi:  # binary search with C-speed slice comparisons
         mid = (lo + hi + 1) // 2
@@ -234,9 +235,9 @@ def _common_prefix(a: str, b: str) -> int:
 def _difference_region(text: str, changed: str) -> list[Range]:
     if changed == text:
         return []
-    prefix = _common_prefix(text, changed)
+    prefix = common_prefix(text, changed)
     limit = min(len(text), len(changed)) - prefix
-    suffix = _common_prefix(text[::-1], changed[::-1])
+    suffix = common_prefix(text[::-1], changed[::-1])
     suffix = min(suffix, limit)
     return [(prefix, len(text) - suffix)]
 
@@ -312,7 +313,10 @@ def render_conversation(
     train_eot: bool = True,
     special_text: SpecialText = SpecialText.REJECT,
     special_pattern: re.Pattern | None = None,
+    plain: RenderedText | None = None,
 ) -> Rendered:
+    """`plain`: the template's rendering of `conv` as is, where the caller made it already (per-turn context
+    renders each turn's conversation to place the turn): only the marked rendering is made then."""
     messages = conv.messages
     flags = resolve_train_flags(messages, train_on)
     if special_pattern is not None and special_text is SpecialText.REJECT:
@@ -322,11 +326,11 @@ def render_conversation(
     developer = template_role(template)
     text, marked, sentinels, generation = None, None, None, ()
     try:
-        if template.passthrough_refusal is None and not _private_outside_fields(conv):
+        if plain is None and template.passthrough_refusal is None and not _private_outside_fields(conv):
             marked = template.render(template_messages(messages, wrap, developer=developer), conv.tools).text
             text, sentinels = _read_once(marked, wrap, n)
         if text is None:  # the plain rendering first: an error it raises names no sentinels
-            rendered = template.render(template_messages(messages, developer=developer), conv.tools)
+            rendered = plain or template.render(template_messages(messages, developer=developer), conv.tools)
             text, generation = rendered.text, rendered.generation
             if marked is None:
                 marked = template.render(template_messages(messages, wrap, developer=developer), conv.tools).text

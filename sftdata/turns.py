@@ -24,14 +24,18 @@ rendering up to turn k does.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
+from typing import Any
+
+from jinja2 import nodes
 
 from .config import BuildConfig, EmptyReasoning, Masker, TurnContext, Unrendered
 from .records import Conversation, MessageSpan, Rendered, TemplateFacts
 from .rejects import Reason, RecordError
 from .spans import render_conversation, template_messages, template_role
-from .template import ChatTemplate, TemplateRenderError
+from .template import ChatTemplate, RenderedText, TemplateRenderError
 from .train_flags import is_empty_turn, resolve_train_flags
 
 
@@ -44,15 +48,10 @@ class Placed:
     eot: int  # where the closing control tokens begin (== len(text) where there are none)
 
 
-def place_turn(template: ChatTemplate, facts: TemplateFacts, messages: list[dict], tools, i: int,
-               empty_reasoning: EmptyReasoning, special_pattern: re.Pattern | None) -> Placed:
-    """Turn `i` (an assistant message of `messages`, the template's inputs) as the model generates it."""
-    try:
-        last = template.render(messages[: i + 1], tools).text
-        prompts = {template.render(messages[:i], tools, add_generation_prompt=True, mode=mode).text
-                   for mode in facts.modes}
-    except TemplateRenderError as err:
-        raise RecordError(Reason.TEMPLATE_ERROR, f"rendering the conversation up to message {i}: {err}") from None
+def place_turn(facts: TemplateFacts, i: int, empty_reasoning: EmptyReasoning, special_pattern: re.Pattern | None,
+               last: str, prompts: set[str]) -> Placed:
+    """Turn `i` as the model generates it: `last` is the template's rendering of the conversation through
+    it, `prompts` its rendering of the conversation before it with each mode's generation prompt."""
     fitting = [len(p) for p in prompts if last.startswith(p)]
     if not fitting:
         raise RecordError(Reason.PROMPT_MISMATCH, f"message {i} (assistant): the template's rendering of the "
@@ -69,6 +68,72 @@ def place_turn(template: ChatTemplate, facts: TemplateFacts, messages: list[dict
                 break
             eot = found.start()
     return Placed(last[:end], start, eot)
+
+
+def prompts_of(template: ChatTemplate, facts: TemplateFacts, messages: list[dict], tools, i: int) -> set[str]:
+    """The template's rendering of the conversation before message `i` with each mode's generation prompt."""
+    try:
+        return {template.render(messages[:i], tools, add_generation_prompt=True, mode=mode).text
+                for mode in facts.modes}
+    except TemplateRenderError as err:
+        raise _render_error(i, err) from None
+
+
+@functools.cache
+def appended_prompts(template: ChatTemplate, modes: tuple[tuple[tuple[str, Any], ...], ...]) -> tuple[str, ...] | None:
+    """Each mode's generation prompt, where the template provably appends it, the same for every
+    conversation, to its rendering without one; None otherwise.
+
+    Proof from the syntax tree: the template's last statement is `{% if add_generation_prompt %}` and
+    holds only constant output, in `if`s that test only the modes' variables; nothing else names
+    `add_generation_prompt` or a mode's variable (Qwen3's and Llama 3's templates). The rest of the
+    rendering then cannot tell the modes or the generation prompt apart, and the block writes one
+    constant text per mode: read here from a one-message conversation."""
+    names = {name for mode in modes for name, _ in mode}
+    body = template.syntax.body
+    block = body[-1] if body else None
+    if not (isinstance(block, nodes.If) and isinstance(block.test, nodes.Name)
+            and block.test.name == "add_generation_prompt" and not block.elif_ and not block.else_):
+        return None
+    guarded = names | {"add_generation_prompt"}
+    if any(n.name in guarded for statement in body[:-1] for n in statement.find_all(nodes.Name)):
+        return None
+    if not all(_constant_per_mode(statement, names) for statement in block.body):
+        return None
+    user = [{"role": "user", "content": "Hi"}]
+    try:
+        bare = template.render(user).text
+        prompted = [template.render(user, add_generation_prompt=True, mode=dict(mode)).text for mode in modes]
+    except TemplateRenderError:
+        return None
+    if not all(p.startswith(bare) for p in prompted):
+        return None
+    return tuple(p[len(bare):] for p in prompted)
+
+
+_MODE_TEST_NODES = (nodes.Name, nodes.Const, nodes.Test, nodes.And, nodes.Or, nodes.Not, nodes.Compare,
+                    nodes.Operand)
+
+
+def _constant_per_mode(statement: nodes.Node, names: set[str]) -> bool:
+    """Constant output, or an `if` on the modes' variables (and constants) holding only such statements."""
+    if isinstance(statement, nodes.Output):
+        return all(isinstance(n, (nodes.TemplateData, nodes.Const)) for n in statement.nodes)
+    if isinstance(statement, nodes.If):
+        tests = [statement.test, *(branch.test for branch in statement.elif_)]
+        bodies = [statement.body, *(branch.body for branch in statement.elif_), statement.else_]
+        return (all(_mode_test(test, names) for test in tests)
+                and all(_constant_per_mode(s, names) for body in bodies for s in body))
+    return False
+
+
+def _mode_test(test: nodes.Node, names: set[str]) -> bool:
+    return all(isinstance(n, _MODE_TEST_NODES) and (not isinstance(n, nodes.Name) or n.name in names)
+               for n in [test, *test.find_all(nodes.Node)])
+
+
+def _render_error(i: int, err: TemplateRenderError) -> RecordError:
+    return RecordError(Reason.TEMPLATE_ERROR, f"rendering the conversation up to message {i}: {err}")
 
 
 def plan_documents(whole: str, placed: dict[int, Placed]) -> list[tuple[int | None, list[int]]]:
@@ -145,9 +210,9 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
     """The record's documents: the whole rendering, then (--turn-context own) the rendering up to each turn
     trained in a document of its own, in conversation order."""
 
-    def render(c: Conversation) -> Rendered:
+    def render(c: Conversation, plain: RenderedText | None = None) -> Rendered:
         return render_conversation(c, template, facts, config.train_on, config.train_eot, config.special_text,
-                                   special_pattern)
+                                   special_pattern, plain)
 
     whole = render(conv)
     renderings, missing = _unrendered(conv, whole, render) if whole.unrendered else ({}, ())
@@ -163,14 +228,38 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
     if not turns:
         return [whole]
     messages = template_messages(conv.messages, developer=template_role(template))
-    placed = {i: place_turn(template, facts, messages, conv.tools, i, config.empty_reasoning, special_pattern)
-              for i in turns}
+    # renderings of the conversation through a message: the whole rendering for the last message, one made
+    # for unrendered fields, or one made here (reused for the turn's own document)
+    through: dict[int, RenderedText] = {}
+
+    def text_through(k: int, turn: int) -> str:
+        if k == len(conv.messages) - 1:
+            return whole.text
+        if k in renderings:
+            return renderings[k].text
+        if k not in through:
+            try:
+                through[k] = template.render(messages[: k + 1], conv.tools)
+            except TemplateRenderError as err:
+                raise _render_error(turn, err) from None
+        return through[k].text
+
+    appended = appended_prompts(template, tuple(tuple(sorted(mode.items())) for mode in facts.modes))
+    placed = {}
+    for i in turns:
+        last = text_through(i, i)
+        if appended is None:
+            prompts = prompts_of(template, facts, messages, conv.tools, i)
+        else:
+            before = text_through(i - 1, i)
+            prompts = {before + prompt for prompt in appended}
+        placed[i] = place_turn(facts, i, config.empty_reasoning, special_pattern, last, prompts)
     plan = plan_documents(whole.text, placed)
     in_whole = next((covered for host, covered in plan if host is None), [])
     documents = [retarget(whole, placed, in_whole, config.train_eot, extra=False)]
     if config.turn_context is TurnContext.OWN:
         for host, covered in sorted((d for d in plan if d[0] is not None), key=lambda d: d[0]):
-            rendering = renderings.get(host) or render(prefix(conv, host))
+            rendering = renderings.get(host) or render(prefix(conv, host), through.get(host))
             documents.append(retarget(rendering, placed, covered, config.train_eot, extra=True))
     return documents
 

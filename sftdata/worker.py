@@ -10,12 +10,13 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
 from .comparators import response_template_mask
 from .config import BuildConfig, Masker
-from .encoding import encode, tokens_of
+from .encoding import encode, piece_cuts, tokens_of
 from .formats import to_conversation
 from .masking import make_document
 from .probe import probe_template
@@ -67,6 +68,12 @@ class Worker:
             ids = self.tokenizer.backend.encode(config.response_template, add_special_tokens=False).ids
             self.response_template_ids = np.asarray(ids, dtype=np.int32)
 
+    @cached_property
+    def piece_cuts(self):
+        """Where a record's documents may share the encoding of what they have in common (encoding.py);
+        asked only once a batch holds a record with several documents."""
+        return piece_cuts(self.tokenizer)
+
     def conversation(self, record: RawRecord) -> Conversation:
         if isinstance(record.data, RecordError):
             raise record.data
@@ -107,7 +114,8 @@ class Worker:
     def encode(self, prepared: Prepared) -> Prepared:
         """One batch encode (the tokenizer's own threads; the GIL is released meanwhile)."""
         with prepared.result.seconds.timing("tokenize"):
-            prepared.encodings = encode(prepared.rendered, self.tokenizer)
+            several = any(r.extra for r in prepared.rendered)
+            prepared.encodings = encode(prepared.rendered, self.tokenizer, self.piece_cuts if several else None)
         return prepared
 
     def finish(self, prepared: Prepared) -> BatchResult:
