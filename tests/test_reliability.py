@@ -22,6 +22,7 @@ from sftdata.manifest import Manifest, ManifestError
 from sftdata.out_dir import MARKER, OutDirError
 from sftdata.shards import iter_rows, open_build, read_rejects
 from sftdata.units import UNITS
+from sftdata.worker import Worker
 
 from .conftest import FIXTURES, REPO, fixture_tokenizer
 
@@ -416,3 +417,36 @@ def test_a_build_that_writes_no_document_exits_1_after_its_manifest(tmp_path, ca
     assert (m.counts.rows, m.counts.rejected, len(read_rejects(out))) == (0, 1, 1)
     if pack:
         assert m.packing.rows == 0
+
+
+# -- 7: a turn that renders empty never trains its end-of-turn token alone ---------------------------------
+
+EMPTY_TURNS = [  # each: an assistant turn with no rendered text of its own, then a real reply
+    [{"role": "assistant", "content": "\n"}],
+    [{"role": "assistant", "content": "\u0085"}],  # NEL: whitespace to Python, so to trimming templates
+    [{"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]}, {"role": "tool", "content": "42"}],
+    [{"role": "assistant", "content": "", "reasoning_content": "think hard"}],
+]
+
+
+@pytest.mark.parametrize("unrendered", ["reject", "drop"])
+def test_a_turn_that_renders_empty_is_never_trained_as_its_end_of_turn_token(tmp_path, unrendered):
+    # the fixture Llama-3 template renders neither tool calls nor reasoning
+    records = [{"messages": [{"role": "user", "content": "q"}, *empty, {"role": "user", "content": "again"},
+                             {"role": "assistant", "content": "real"}]} for empty in EMPTY_TURNS]
+    src = tmp_path / "empty.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    tokenizer = fixture_tokenizer("llama3-bpe")
+    manifest = build([src], tmp_path / "o", BuildConfig(tokenizer=tokenizer, workers=1, unrendered=unrendered))
+    backend = Worker(BuildConfig(tokenizer=tokenizer)).tokenizer.backend
+    _, tables = open_build(tmp_path / "o")
+    trained = {}
+    for row in (r for t in tables for r in iter_rows(t)):
+        targets = row.input_ids[row.loss_mask.astype(bool)].tolist()
+        trained[int(row.source_ids[0])] = backend.decode(targets, skip_special_tokens=False)
+    # only the real reply and its end-of-turn token: no lone <|eot_id|> for the empty turn before it
+    assert set(trained.values()) == {"real<|eot_id|>"}
+    expected_rejects = {"unrendered_field": 2} if unrendered == "reject" else {}
+    assert manifest.counts.rejected_by_reason == expected_rejects
+    assert sorted(trained) == ([0, 1] if unrendered == "reject" else [0, 1, 2, 3])
