@@ -2,6 +2,7 @@
 and stopped here), written as atomically as on a local disk, read back by the inspect side and by
 sfttrain's loader, with no credential in what the build records."""
 
+import json
 import os
 import shutil
 import socket
@@ -162,3 +163,22 @@ def test_a_build_whose_object_store_folder_was_taken_over_does_not_finish(s3, mo
     with pytest.raises(OutDirError, match="took over"):
         build(inputs, out.path, settings)
     assert not out.exists(MANIFEST)
+
+
+def test_the_inspect_commands_read_and_report_a_build_on_object_storage(s3, capsys):
+    from sftdata.cli import main
+    from sftdata.inspect.report import REPORT
+
+    out = f"{s3}/out/inspected"
+    assert main(["build", *[f"{s3}/in/{p.name}" for p in INPUTS], "--tokenizer", CHATML, "--out", out,
+                 "--quiet", "--workers", "1"]) == 0
+    page = Folder(out).read_bytes(REPORT).decode("utf-8")  # the build's report, written beside its shards
+    assert "<html" in page and "sftdata build report" in page
+    capsys.readouterr()
+    assert main(["stats", out, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["checks"] == [] and stats["documents"] == Manifest.read(out).counts.documents > 0
+    assert main(["view", out, "--row", "0", "--color", "never"]) == 0
+    assert "⟦" in capsys.readouterr().out
+    assert main(["report", out]) == 0
+    assert main(["diff", out, out, "--color", "never"]) == 0

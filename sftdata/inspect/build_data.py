@@ -13,6 +13,7 @@ names a document across builds.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass, fields
@@ -25,6 +26,7 @@ import numpy as np
 from ..config import BuildConfig, Masker
 from ..manifest import REJECTS
 from ..shards import Columns, open_build, read_rejects, shard_columns
+from ..storage import exists, is_url, join, open_input
 
 # the one way a comparator build is announced, in the terminal and on the web pages
 COMPARATOR_WARNING = ("COMPARATOR build: its masks reproduce the classic response-template search (train "
@@ -159,7 +161,7 @@ class BuildData:
     Raises FileNotFoundError or ValueError (`ManifestError`) for a folder that is not a finished build."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = str(path) if is_url(path) else Path(path)  # a local folder, or a URL (storage.py)
         self.manifest, tables = open_build(self.path)
         self.segments: list[Segment] = []
         parts: list[dict] = []
@@ -220,10 +222,10 @@ class BuildData:
         wanted = {reason: min(n, per_reason) for reason, n in self.manifest.counts.rejected_by_reason.items()}
         taken: dict[str, int] = {}
         sample = []
-        path = self.path / REJECTS
-        if not wanted or not path.exists():
+        path = join(self.path, REJECTS)
+        if not wanted or not exists(path):
             return sample
-        with open(path, encoding="utf-8") as f:
+        with open_input(path) as raw, io.TextIOWrapper(raw, encoding="utf-8") as f:
             for line in f:
                 if not line.strip():
                     continue
@@ -238,10 +240,10 @@ class BuildData:
 
     def rejects_written(self) -> int:
         """Lines of rejects.jsonl, counted without reading them as JSON."""
-        path = self.path / REJECTS
-        if not path.exists():
+        path = join(self.path, REJECTS)
+        if not exists(path):
             return 0
-        with open(path, "rb") as f:
+        with open_input(path) as f:
             return sum(1 for line in f if line.strip())
 
     # -- which input a record came from -------------------------------------------------------------

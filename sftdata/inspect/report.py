@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from ..comparators import response_template_mask, train_everything_mask
 from ..options import setting
+from ..storage import Folder, public
 from .alignment import classify
 from .build_data import COMPARATOR_WARNING, BuildData, DocIndex, document_key, output_settings, readable
 from .charts import distribution_charts
@@ -241,17 +242,17 @@ def subtitle(data: BuildData) -> list[str]:
 
 
 def write_report(data: BuildData, out: str | Path | None = None, tokenizer: str | None = None,
-                 per_category: int = PER_CATEGORY) -> Path:
-    """Write the report of an opened build to `out` (default OUT/report.html), atomically."""
+                 per_category: int = PER_CATEGORY) -> tuple[str, int]:
+    """Write the report of an opened build to `out` (default OUT/report.html, on a local disk or an object
+    store alike), atomically; returns where, and its size in bytes."""
     vocab, note = load_vocab(data.manifest, tokenizer)
     payload, charts = report_payload(data, vocab, [note] if note else [], per_category)
     text = page(f"sftdata build report: {data.path}", subtitle(data), charts, payload,
                 banner=COMPARATOR_WARNING if data.is_comparator else "")
-    path = Path(out) if out else data.path / REPORT
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    encoded = text.encode("utf-8")
+    folder, name = (Folder(Path(out).parent), Path(out).name) if out else (Folder(data.path), REPORT)
+    folder.write_bytes(name, encoded)
+    return folder.url(name), len(encoded)
 
 
 # -- command -------------------------------------------------------------------------------------------------
@@ -265,25 +266,24 @@ def add_parser(sub) -> None:
 
 def run(data: BuildData, settings: ReportSettings, reading: VocabSettings) -> int:
     t0 = time.perf_counter()
-    path = write_report(data, settings.output, reading.tokenizer, settings.per_category)
-    make_console(stderr=True).print(f"wrote {path} ({path.stat().st_size / 1024:,.0f} KiB in "
+    path, size = write_report(data, settings.output, reading.tokenizer, settings.per_category)
+    make_console(stderr=True).print(f"wrote {public(path)} ({size / 1024:,.0f} KiB in "
                                     f"{time.perf_counter() - t0:.1f}s)", markup=False)
     return 0
 
 
-def report_after_build(out: str | Path, enabled: bool, console: Console) -> Path | None:
+def report_after_build(out: str | Path, enabled: bool, console: Console) -> str | None:
     """What `sftdata build` does last: write OUT/report.html, or (--no-report) remove a stale one. A
     report that cannot be written is a warning: the build itself is complete."""
-    path = Path(out) / REPORT
     if not enabled:
-        path.unlink(missing_ok=True)
+        Folder(out).remove(REPORT)
         return None
     t0 = time.perf_counter()
     try:
-        write_report(BuildData(out))
+        path, size = write_report(BuildData(out))
     except Exception as err:  # the shards are written and valid; say why the report is missing
         console.print(f"[yellow]warning:[/] no report written ({type(err).__name__}: {escape(str(err))})")
         return None
-    console.print(f"report: {path} ({path.stat().st_size / 1024:,.0f} KiB, {time.perf_counter() - t0:.1f}s)",
+    console.print(f"report: {public(path)} ({size / 1024:,.0f} KiB, {time.perf_counter() - t0:.1f}s)",
                   markup=False)
     return path
