@@ -209,11 +209,13 @@ class Manifest:
 
     def input_of(self, source_id: int) -> int:
         """Which input a record came from: inputs are numbered in order, each taking `records` source ids."""
+        left = source_id
         for index, info in enumerate(self.inputs):
-            source_id -= info.records
-            if source_id < 0:
+            left -= info.records
+            if left < 0:
                 return index
-        raise IndexError(f"source id beyond the {sum(i.records for i in self.inputs)} records of this build")
+        raise IndexError(f"source id {source_id} is beyond the {sum(i.records for i in self.inputs)} records "
+                         "of this build")
 
 
 def json_bytes(data: dict) -> bytes:

@@ -15,7 +15,6 @@ from typing import Any
 
 from .config import InputFormat
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
 Range = tuple[int, int]  # [start, end) of characters in a rendering
 
 

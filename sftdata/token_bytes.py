@@ -55,7 +55,7 @@ class Spelling:
         if self._byte_level:
             try:
                 return raw.translate(self._to_latin1).encode("latin-1")
-            except UnicodeEncodeError:
+            except UnicodeEncodeError:  # a character outside the byte alphabet: not a byte-level token
                 pass
         if self._metaspace:
             if len(raw) == 6 and raw.startswith("<0x") and raw.endswith(">"):

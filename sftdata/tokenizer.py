@@ -228,7 +228,7 @@ def load_tokenizer(name_or_path: str, chat_template_file: str | None = None,
     if cached is not None and cached.is_file():
         try:
             loaded = ModelTokenizer.from_json(_read_entry(cached), str(name_or_path))
-        except Exception:  # a damaged or foreign cache entry: load afresh and rewrite it
+        except (OSError, ValueError, KeyError, TypeError):  # a damaged or foreign entry: load afresh, rewrite it
             loaded = None
     if loaded is None:
         hub_unreachable = False
@@ -237,13 +237,13 @@ def load_tokenizer(name_or_path: str, chat_template_file: str | None = None,
             hub_unreachable = not _hub_reachable()
         loaded = _load_with_transformers(name_or_path, local_files_only=hub_unreachable)
         if cached is not None:
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(f".{os.getpid()}.tmp")
                 _write_entry(tmp, loaded.to_json())
                 os.replace(tmp, cached)
-            except OSError:
-                pass  # a read-only home is no reason to fail a build
+            except OSError:  # a read-only home or a full disk is no reason to fail a build
+                tmp.unlink(missing_ok=True)
     if chat_template_file:
         loaded.chat_template = Path(chat_template_file).read_text(encoding="utf-8")
         loaded.template_source = f"file:{chat_template_file}"

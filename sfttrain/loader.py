@@ -71,7 +71,8 @@ def collate(rows: Sequence[Row], flat: bool = False) -> Batch:
         n = len(row.input_ids)
         lens = [int(x) for x in row.seq_lens]
         if sum(lens) != n:
-            raise ValueError(f"row has {n} tokens but its seq_lens {lens} sum to {sum(lens)}: the shard is corrupt")
+            raise ValueError(f"a row of records {[int(s) for s in row.source_ids]} has {n} tokens but its seq_lens "
+                             f"{lens} sum to {sum(lens)}: the shard is corrupt (`sftdata verify` names it)")
         input_ids[i, :n] = row.input_ids
         labels[i, :n] = np.where(row.loss_mask == 1, row.input_ids, IGNORE_INDEX)
         # A document's first token has no earlier token of its own document to be predicted from.

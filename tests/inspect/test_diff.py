@@ -84,8 +84,7 @@ def test_comparator_trains_every_prompt_after_the_first_reply_header(builds):
         assert expected.min() > first_trained  # nothing before the first reply differs
         gained += len(expected)
         assert "B trains the tokens after the last reply" in doc.tags
-        if doc.source_id in MULTI_TURN:
-            assert "B trains the prompt turns between replies" in doc.tags
+        assert ("B trains the prompt turns between replies" in doc.tags) == (doc.source_id in MULTI_TURN)
     assert d.gained == gained
     # the record sftdata rejects (an empty reply) is a document only in the comparator
     (only,) = d.only_b
