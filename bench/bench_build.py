@@ -25,7 +25,6 @@ of each against the plain corpus (dummy_conversation.json cycled alike) built th
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import resource
@@ -35,30 +34,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import SHARED
+from bench import SHARED, make_corpus
 
 TOKENIZER = SHARED / "tokenizers" / "llama3_1"
 QWEN3 = SHARED / "tokenizers" / "qwen3"
 MAX_LENGTH = 4096
 REASONING_SOURCES = ("glaive_toolcall_en_demo.json", "reason_tool_use_demo_50.jsonl")
 PLAIN_SOURCES = ("dummy_conversation.json",)
-
-
-def make_corpus(folder: Path, conversations: int, names: tuple[str, ...] | None = None) -> list[Path]:
-    sources = sorted(p for p in (SHARED / "datasets").iterdir() if p.suffix in (".json", ".jsonl")
-                     and (names is None or p.name in names))
-    records = {p: ([json.loads(line) for line in p.open()] if p.suffix == ".jsonl" else json.loads(p.read_text()))
-               for p in sources}
-    total = sum(len(r) for r in records.values())
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for path, recs in records.items():
-        out = folder / f"{path.stem}.jsonl"
-        with out.open("w") as f:
-            for record in itertools.islice(itertools.cycle(recs), round(len(recs) * conversations / total)):
-                f.write(json.dumps(record) + "\n")
-        paths.append(out)
-    return paths
 
 
 def _peak_rss_mb() -> tuple[float, float]:

@@ -21,7 +21,6 @@ and one planning task per input file (so a corpus of many files plans in paralle
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import subprocess
@@ -29,7 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from bench import SHARED, make_corpus
+
 TOKENIZER = SHARED / "tokenizers" / "llama3_1"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,15 +46,6 @@ print(json.dumps({"wall": time.perf_counter() - started,
                   "seconds": manifest.seconds, "units": -(-manifest.counts.records // settings["unit_records"]),
                   "shards": len(manifest.shards), "sha": [s.sha256 for s in manifest.shards]}))
 """
-
-
-def make_corpus(folder: Path, conversations: int) -> Path:
-    records = json.loads((SHARED / "datasets" / "dummy_conversation.json").read_text())
-    path = folder / f"chats-{conversations}.jsonl"
-    with path.open("w") as f:
-        for record in itertools.islice(itertools.cycle(records), conversations):
-            f.write(json.dumps(record) + "\n")
-    return path
 
 
 def run(corpus: Path, out: Path, settings: dict) -> dict:
@@ -89,7 +80,7 @@ def main() -> None:
             base = {"tokenizer": str(TOKENIZER), "max_length": 4096, "unit_records": args.unit_records}
             rows = []
             for size in [args.conversations] + ([args.large] if args.large else []):
-                corpus = make_corpus(tmp, size)
+                (corpus,) = make_corpus(tmp / f"corpus-{size}", size, ("dummy_conversation.json",))
                 for pack in (False, True):
                     settings = {**base, "pack": pack}
                     local = run(corpus, tmp / "local", {**settings, "workers": args.cpus})

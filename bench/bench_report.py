@@ -11,7 +11,6 @@ kept. Bars (issue 17): the report at most 5 % of the build at 20,000 conversatio
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import subprocess
 import sys
@@ -21,22 +20,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bench import SHARED, make_corpus
 from sftdata.builder import build
 from sftdata.config import BuildConfig
 from sftdata.inspect.report import report_after_build
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOKENIZER = SHARED / "tokenizers" / "llama3_1"
-CONVERSATIONS = SHARED / "datasets" / "dummy_conversation.json"
-
-
-def make_corpus(folder: Path, conversations: int) -> Path:
-    records = json.loads(CONVERSATIONS.read_text(encoding="utf-8"))
-    path = folder / f"dummy-{conversations}.jsonl"
-    with path.open("w", encoding="utf-8") as f:
-        for record in itertools.islice(itertools.cycle(records), conversations):
-            f.write(json.dumps(record) + "\n")
-    return path
 
 
 def _turn(corpus: str, out: str) -> None:
@@ -71,7 +60,7 @@ def main() -> None:
     sizes = [n for n in (args.conversations, args.large) if n]
     bars = {args.conversations: 0.05, args.large: 0.02}
     with tempfile.TemporaryDirectory() as tmp:
-        corpora = {n: make_corpus(Path(tmp), n) for n in sizes}
+        corpora = {n: make_corpus(Path(tmp) / f"corpus-{n}", n, ("dummy_conversation.json",))[0] for n in sizes}
         best: dict[int, dict] = {}
         for _ in range(args.rounds):
             for n in sizes:
