@@ -129,7 +129,7 @@ def test_pickled_for_a_worker_it_travels_without_the_parsed_tokenizer_or_the_enc
 
 @requires_shared
 def test_llama3_ids_from_tiktoken_equal_the_tokenizers_on_the_shared_conversations(tmp_path):
-    from bench.bench_build import make_corpus
+    from bench import make_corpus
     from sftdata.config import BuildConfig
     from sftdata.sources import read_inputs
     from sftdata.worker import Worker
