@@ -164,12 +164,6 @@ def check_tokenizer(manifest: Manifest, build_dir, fingerprints: Sequence[str], 
         )
 
 
-def input_index(manifest: Manifest, source_ids: np.ndarray) -> np.ndarray:
-    """Which of the build's inputs each source id (record) came from: inputs take consecutive ids."""
-    ends = np.cumsum([info.records for info in manifest.inputs])
-    return np.searchsorted(ends, source_ids, side="right")
-
-
 class ShardLoader:
     """This rank's micro-batches of a split, epoch after epoch, resumable from (epoch, step).
 

@@ -29,7 +29,7 @@ from sftdata.shards import Row
 from sfttrain.attention import FLAT, attention_kwargs, available_kernels, choose_attention
 from sfttrain.checkpoint import latest_checkpoint, load_checkpoint, publish_model, save_checkpoint, unwrap
 from sfttrain.config import TrainConfig
-from sfttrain.loader import Batch, ShardLoader, collate, input_index
+from sfttrain.loader import Batch, ShardLoader, collate
 from sfttrain.loss import LeanLoss, target_losses
 from sfttrain.metrics import MetricsLog
 from sfttrain.model import count_parameters, load_model, merge_adapter, tokenizer_fingerprints
@@ -94,7 +94,7 @@ class LossTally:
         if self.manifest is None:
             groups = np.zeros(len(batch.target_sources), dtype=np.int64)
         else:
-            groups = input_index(self.manifest, batch.target_sources)
+            groups = self.manifest.input_of(batch.target_sources)
         index = torch.from_numpy(groups).to(self.sums.device)
         self.sums.index_add_(0, index, losses.detach().double())
         self.counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))

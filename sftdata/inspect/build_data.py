@@ -254,8 +254,7 @@ class BuildData:
         return np.concatenate([[0], np.cumsum(records, dtype=np.int64)])[:-1] if records else np.zeros(1, np.int64)
 
     def input_of(self, source_ids) -> np.ndarray:
-        """`Manifest.input_of` for an array of source ids at once."""
-        return np.searchsorted(self.input_starts, np.asarray(source_ids), side="right") - 1
+        return self.manifest.input_of(source_ids)
 
     def where(self, source_id: int) -> str:
         """'file.jsonl #3': the input file and the record's 0-based index in it."""

@@ -206,7 +206,6 @@ def _check_split(prefix: str, packing: PackingInfo | None, totals: Totals, found
 def _check_inputs(manifest: Manifest, written: np.ndarray, distinct: np.ndarray, rejected_ids: np.ndarray,
                   found: Findings) -> None:
     c = manifest.counts
-    ends = np.cumsum([i.records for i in manifest.inputs])
     for name, per_input, total in (("records", [i.records for i in manifest.inputs], c.records),
                                    ("documents", [i.documents for i in manifest.inputs], c.documents),
                                    ("records_written", [i.records_written for i in manifest.inputs], c.records_written),
@@ -217,10 +216,9 @@ def _check_inputs(manifest: Manifest, written: np.ndarray, distinct: np.ndarray,
         if info.records != info.records_written + info.rejected:
             found.fail("records == records_written + rejected per input",
                        f"{where}: {info.records} != {info.records_written} + {info.rejected}")
-    of = np.searchsorted(ends, written, side="right")
-    for name, ids in (("documents", of), ("records_written", np.searchsorted(ends, distinct, side="right")),
-                      ("rejected", np.searchsorted(ends, rejected_ids, side="right"))):
-        counted = np.bincount(ids, minlength=len(ends))[: len(ends)].tolist()
+    for name, ids in (("documents", manifest.input_of(written)), ("records_written", manifest.input_of(distinct)),
+                      ("rejected", manifest.input_of(rejected_ids))):
+        counted = np.bincount(ids, minlength=len(manifest.inputs))[: len(manifest.inputs)].tolist()
         found.expect(f"inputs[].{name} from the shards", counted, [getattr(i, name) for i in manifest.inputs])
 
 
