@@ -14,6 +14,8 @@ from .inspect.verify import add_parser as add_verify_parser
 from .manifest import Manifest
 from .options import add_flags, settings_from_args
 
+REDRAW_SECONDS = 0.1  # the progress line is redrawn at most this often
+
 BUILD_HELP = """\
 Render conversations with the model's chat template, tokenize each rendering once, and write Arrow
 shards whose loss mask trains every assistant turn (and its end-of-turn token) and nothing else.
@@ -67,13 +69,23 @@ def run_build(args) -> int:
     except ConfigError as err:
         return _error(console, str(err))
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Bar(*columns, console=console, disable=args.quiet, transient=False) as bar:
+    # redrawn as batches finish, never by rich's refresh thread: a build forks its pool of workers only
+    # from a process running no other thread (executors/local.py), and a spawned pool costs each worker
+    # its imports, the tokenizer and tiktoken's tables again
+    with Bar(*columns, console=console, disable=args.quiet, transient=False, auto_refresh=False) as bar:
         task = bar.add_task("loading tokenizer and template")
+        bar.refresh()
+        drawn = 0.0
 
         def show(p):
-            rate = p.tokens / max(time.perf_counter() - p.started, 1e-9)
+            nonlocal drawn
+            now = time.perf_counter()
+            redraw = now - drawn >= REDRAW_SECONDS
+            drawn = now if redraw else drawn
+            rate = p.tokens / max(now - p.started, 1e-9)
             bar.update(task, description=f"{p.records:,} records  {p.documents:,} documents  "
-                                         f"{p.rejected:,} rejected  {p.tokens:,} tokens  {rate:,.0f} tokens/s")
+                                         f"{p.rejected:,} rejected  {p.tokens:,} tokens  {rate:,.0f} tokens/s",
+                       refresh=redraw)
 
         try:
             manifest = build(args.inputs, args.out, config, overwrite=args.overwrite, on_progress=show,

@@ -261,3 +261,24 @@ def test_records_holding_fields_the_template_does_not_render_are_counted(tmp_pat
     assert manifest.counts.unrendered_fields == {"tool_call": 3}
     chatml = build([DATA / "messages.jsonl"], tmp_path / "c", BuildConfig(tokenizer=CHATML, workers=1))
     assert chatml.counts.unrendered_fields == {}  # a template that renders them
+
+
+def test_the_command_starts_no_thread_before_the_build_forks_its_pool(tmp_path, monkeypatch):
+    """A build forks its pool only from a process running no other thread (executors/local.py); a
+    progress display redrawn by a thread of its own made every command line build spawn its pool, each
+    worker then importing everything and loading the tokenizer again."""
+    import threading
+
+    import sftdata.builder
+
+    real, seen = sftdata.builder.build, []
+
+    def counting(*args, **kwargs):
+        seen.append(threading.active_count())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sftdata.builder, "build", counting)
+    before = threading.active_count()
+    assert main(["build", str(DATA / "messages.jsonl"), "--tokenizer", CHATML, "--out", str(tmp_path / "o"),
+                 "--no-report"]) == 0
+    assert seen == [before]
