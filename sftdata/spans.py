@@ -20,6 +20,7 @@ Everything found here is re-checked token by token in masking.verify before a do
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import json
@@ -148,22 +149,26 @@ def _regions_at(cuts: list[int], owner: list[int], n_messages: int) -> list[list
     return regions
 
 
-def _read_once(marked: str, wrap: _Wrapper, n_messages: int
-               ) -> tuple[str | None, tuple[list[list[Range]], set[int]] | None]:
-    """The rendering as is and each message's ranges in it, from the marked rendering alone, for a template
-    that passes text through (passthrough.py): (None, None) unless every field's sentinels are there in
-    order around its own text (a template that passes text through trims at most the whitespace outside
-    them), and the text left has no sentinel-range characters (of its own, or of a field rendered twice)."""
+def _read_once(marked: RenderedText, wrap: _Wrapper, n_messages: int
+               ) -> tuple[str | None, tuple[list[list[Range]], set[int]] | None, tuple[int, ...]]:
+    """The rendering as is, each message's ranges in it and where the template's message loop iterations
+    start in it (RenderedText.loop), from the marked rendering alone, for a template that passes text
+    through (passthrough.py): (None, None, ()) unless every field's sentinels are there in order around
+    its own text (a template that passes text through trims at most the whitespace outside them), and
+    the text left has no sentinel-range characters (of its own, or of a field rendered twice). So no
+    field held a loop mark either: the template's rendering took it out, and the field's text differs."""
     if wrap.unmarked:  # fields past the sentinels' supply: their text could hold a pair that is not theirs
-        return None, None
-    cuts = _in_order_cuts(marked, len(wrap.owner))
-    if cuts is None or not all(b - a - 1 == len(core) and marked.startswith(core, a + 1)
+        return None, None, ()
+    text = marked.text
+    cuts = _in_order_cuts(text, len(wrap.owner))
+    if cuts is None or not all(b - a - 1 == len(core) and text.startswith(core, a + 1)
                                for a, b, core in zip(cuts[::2], cuts[1::2], wrap.core)):
-        return None, None
-    text = _without(marked, cuts)
-    if not text.isascii() and PRIVATE_PLANES.search(text):
-        return None, None
-    return text, (_regions_at(cuts, wrap.owner, n_messages), set(range(len(wrap.owner))))
+        return None, None, ()
+    plain = _without(text, cuts)
+    if not plain.isascii() and PRIVATE_PLANES.search(plain):
+        return None, None, ()
+    loop = tuple(at - bisect.bisect_left(cuts, at) for at in marked.loop)  # less the sentinels before
+    return plain, (_regions_at(cuts, wrap.owner, n_messages), set(range(len(wrap.owner)))), loop
 
 
 def _private_outside_fields(conv: Conversation) -> bool:
@@ -324,11 +329,13 @@ def render_conversation(
     n = len(messages)
     wrap = _Wrapper()
     developer = template_role(template)
-    text, marked, sentinels, generation = None, None, None, ()
+    text, marked, sentinels, generation, loop = None, None, None, (), ()
     try:
         if plain is None and template.passthrough_refusal is None and not _private_outside_fields(conv):
-            marked = template.render(template_messages(messages, wrap, developer=developer), conv.tools).text
-            text, sentinels = _read_once(marked, wrap, n)
+            once = template.render(template_messages(messages, wrap, developer=developer), conv.tools,
+                                   loop_marks=True)
+            text, sentinels, loop = _read_once(once, wrap, n)
+            marked = once.text  # a loop mark a field held is gone from it: _sentinel_regions sees that
         if text is None:  # the plain rendering first: an error it raises names no sentinels
             rendered = plain or template.render(template_messages(messages, developer=developer), conv.tools)
             text, generation = rendered.text, rendered.generation
@@ -386,6 +393,7 @@ def render_conversation(
     if special_pattern is not None and special_text is SpecialText.LITERAL:
         literal = literal_ranges(conv, text, special_pattern,
                                  lambda c: template.render(template_messages(c.messages), c.tools).text)
-    return Rendered(conv.source_id, text, tuple(spans), method, literal, train_on is TrainOn.ALL, unrendered)
+    return Rendered(conv.source_id, text, tuple(spans), method, literal, train_on is TrainOn.ALL, unrendered,
+                    loop=loop)
 
 

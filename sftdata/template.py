@@ -8,6 +8,7 @@ needs: `strftime_now` returns a fixed date so the same inputs give the same shar
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .passthrough import PRIVATE_PLANES, refusal
+from .prefixes import END_MARK, LOOP_MARK, message_loop, with_loop_marks
 
 # Supplementary private-use plane 16 marks {% generation %} blocks during rendering; plane 15 is for
 # the per-message sentinels of span finding (spans.py). Neither occurs in real text in practice, and a
@@ -73,6 +75,9 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
 class RenderedText:
     text: str
     generation: tuple[tuple[int, int], ...]  # {% generation %} blocks as [start, end) of `text`
+    # where each message's iteration of the template's message loop starts in `text`, then where the
+    # loop ends: asked for with `loop_marks` (prefixes.py); () when not known
+    loop: tuple[int, ...] = ()
 
 
 class ChatTemplate:
@@ -105,16 +110,27 @@ class ChatTemplate:
         # what every render sees besides its messages; Template.render would merge it from a ChainMap of
         # globals on each call, a third of the time of rendering a short conversation
         self.base_context = {**self._template.globals, **self.special_tokens}
+        # the template writing where each message's iteration starts, where prefixes.py proves a prefix of
+        # a conversation renders as a prefix of the whole, and span finding proves (by the sentinels around
+        # every field) that no mark in the rendering came from the messages
+        self._marked, self.prefix_refusal = None, self.passthrough_refusal
+        if self.prefix_refusal is None:
+            at, self.prefix_refusal = message_loop(self.syntax)
+            if at is not None:
+                self._marked = env.from_string(with_loop_marks(env.parse(source), at))
 
     def render(self, messages: list[dict], tools: Any = None, add_generation_prompt: bool = False,
-               mode: dict | None = None) -> RenderedText:
-        """`mode`: template variables a caller of apply_chat_template may pass (`enable_thinking=False`)."""
+               mode: dict | None = None, loop_marks: bool = False) -> RenderedText:
+        """`mode`: template variables a caller of apply_chat_template may pass (`enable_thinking=False`).
+        `loop_marks`: also say where each message's loop iteration starts, where the template is proven to
+        render prefixes as prefixes (`prefix_refusal` is None). The caller must check that no message held
+        the marks' characters (the sentinels of span finding do): they are taken out of the text."""
         variables = {**self.base_context, **(mode or {}), "messages": messages, "tools": tools,
                      "add_generation_prompt": add_generation_prompt}
         try:
             # Template.render, without its copy of the globals (they are in `variables` already) and
             # without the set of their names a context takes for `{% import %}`, which chat templates lack
-            template = self._template
+            template = self._marked if loop_marks and self._marked is not None else self._template
             context = template.environment.context_class(template.environment, variables, template.name,
                                                          template.blocks)
             marked = "".join(template.root_render_func(context))
@@ -122,9 +138,22 @@ class ChatTemplate:
             raise TemplateRenderError(str(err) or type(err).__name__) from err
         except Exception as err:  # a template can fail like any program: a bad key, a type error
             raise TemplateRenderError(f"{type(err).__name__}: {err}") from err
+        if template is self._marked:
+            return _loop_positions(marked, len(messages))
         if not self.has_generation_blocks:
             return RenderedText(marked, ())
         return RenderedText(*strip_generation_markers(marked))
+
+
+def _loop_positions(marked: str, messages: int) -> RenderedText:
+    """The rendering without its loop marks, and where they were: known only if the loop ran once per
+    message (a `{% break %}` can end it early)."""
+    body, _, after = marked.rpartition(END_MARK)
+    parts = body.split(LOOP_MARK)
+    if len(parts) != messages + 1 or END_MARK in body or END_MARK not in marked:
+        return RenderedText(marked.replace(LOOP_MARK, "").replace(END_MARK, ""), ())
+    loop = tuple(itertools.accumulate(map(len, parts)))
+    return RenderedText("".join(parts) + after, (), loop)
 
 
 def strip_generation_markers(marked: str) -> tuple[str, tuple[tuple[int, int], ...]]:

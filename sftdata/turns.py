@@ -238,6 +238,9 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
         if k in renderings:
             return renderings[k].text
         if k not in through:
+            if len(whole.loop) == len(conv.messages) + 1:  # read from the whole rendering (prefixes.py)
+                through[k] = RenderedText(whole.text[: whole.loop[k + 1]] + whole.text[whole.loop[-1] :], ())
+                return through[k].text
             try:
                 through[k] = template.render(messages[: k + 1], conv.tools)
             except TemplateRenderError as err:

@@ -3,6 +3,7 @@ exactly what two give."""
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -12,7 +13,7 @@ from sftdata.probe import probe_template
 from sftdata.records import Conversation, Message, RawRecord
 from sftdata.rejects import RecordError
 from sftdata.sources import read_inputs
-from sftdata.template import ChatTemplate
+from sftdata.template import ChatTemplate, RenderedText
 from sftdata.worker import Worker
 
 from .conftest import FIXTURES, SHARED, fixture_tokenizer, requires_shared
@@ -131,11 +132,12 @@ def test_generation_blocks_keep_two_renderings():
 
 
 def _outcomes(worker: Worker, records: list[RawRecord]) -> list:
-    """Each record's spans, or why it was rejected."""
+    """Each record's spans, or why it was rejected. Where each message's loop iteration starts is left out:
+    only one rendering says (tests/test_prefixes.py checks it)."""
     out = []
     for record in records:
         try:
-            out.append(worker.render(record))
+            out.append(replace(worker.render(record), loop=()))
         except RecordError as err:
             out.append((err.reason, err.detail))
     return out
@@ -245,10 +247,10 @@ def test_one_rendering_is_read_only_where_each_pair_encloses_its_own_field():
     spans.template_messages(messages, wrap)
     marks = [chr(spans.SENTINEL_BASE + k) for k in range(6)]
     honest = f"<user>{marks[0]}U{marks[1]}<assistant>{marks[2]}A{marks[3]}{marks[4]}R{marks[5]}"
-    assert spans._read_once(honest, wrap, 2)[0] == "<user>U<assistant>AR"
+    assert spans._read_once(RenderedText(honest, ()), wrap, 2)[0] == "<user>U<assistant>AR"
     # the reasoning left out, and a pair made elsewhere standing in for its sentinels
     forged = f"<user>{marks[0]}U{marks[1]}<assistant>{marks[2]}A{marks[3]}[{marks[4]}{marks[5]}]"
-    assert spans._read_once(forged, wrap, 2) == (None, None)
+    assert spans._read_once(RenderedText(forged, ()), wrap, 2) == (None, None, ())
 
 
 def test_fields_past_the_sentinel_supply_keep_two_renderings(monkeypatch):

@@ -1,0 +1,170 @@
+"""prefixes.py: which templates render a conversation's prefixes as prefixes of its whole rendering, and
+the renderings of prefixes read from one rendering (where each message's loop iteration starts)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sftdata.config import InputFormat, TrainOn
+from sftdata.formats import to_conversation
+from sftdata.prefixes import END_MARK, LOOP_MARK, message_loop
+from sftdata.probe import probe_template
+from sftdata.records import Conversation, Message
+from sftdata.sources import read_inputs
+from sftdata.spans import render_conversation, template_messages
+from sftdata.template import ChatTemplate
+
+from .conftest import FIXTURES, SHARED, requires_shared
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+NAMESPACE = ("{% set ns = namespace(tool=false) %}{% for m in messages %}{% if ns.tool and m.role != 'tool' %}"
+             "</tools>{% endif %}{% set ns.tool = m.role == 'tool' %}{{ m.content }}{% endfor %}"
+             "{% if add_generation_prompt %}<gen>{% endif %}")
+
+
+def _fixture(name: str) -> str:
+    return (FIXTURES / "templates" / f"{name}.jinja").read_text()
+
+
+def _loop(source: str) -> tuple[int | None, str | None]:
+    return message_loop(ChatTemplate(source, {}).syntax)
+
+
+@pytest.mark.parametrize("name", ["deepseek_tools", "llama3_always_header"])
+def test_fixture_templates_that_render_prefixes_as_prefixes(name):
+    at, why = _loop(_fixture(name))
+    assert at is not None and why is None
+
+
+@pytest.mark.parametrize("source", [
+    CHATML,
+    # a namespace the loop writes and reads again, earlier iterations only: still causal
+    NAMESPACE,
+    # the other name for the messages, and loop counters of the past
+    "{% set loop_messages = messages %}{% for m in loop_messages %}{% if loop.first %}<s>{% endif %}"
+    "{{ loop.index0 }}{{ m.content }}{% if loop.previtem %}|{% endif %}{% endfor %}",
+    # `loop.last` of a nested loop is that loop's
+    "{% for m in messages %}{{ m.content }}{% for c in m.tool_calls or [] %}{{ c.function.name }}"
+    "{% if not loop.last %},{% endif %}{% endfor %}{% endfor %}",
+])
+def test_templates_whose_iterations_read_only_the_past_are_accepted(source):
+    assert _loop(source)[1] is None
+
+
+@pytest.mark.parametrize("source, why", [
+    ("{% for m in messages %}{{ m.content }}{% if not loop.last %}\n{% endif %}{% endfor %}", "loop.last"),
+    ("{% for m in messages %}{{ m.content }}{{ loop.revindex }}{% endfor %}", "loop.revindex"),
+    ("{% for m in messages %}{{ m.content }}{% if loop.nextitem %}+{% endif %}{% endfor %}", "loop.nextitem"),
+    ("{% for m in messages %}{{ loop['last'] }}{{ m.content }}{% endfor %}", "passes `loop` on"),
+    ("{% macro last(l) %}{{ l.last }}{% endmacro %}{% for m in messages %}{{ last(loop) }}{% endfor %}",
+     "passes `loop` on"),
+    ("{% for m in messages %}{{ m.content }}{% for c in m.tool_calls %}{% else %}{{ loop.length }}{% endfor %}"
+     "{% endfor %}", "loop.length"),
+    ("{% for m in messages %}{{ m.content }}{{ messages | length }}{% endfor %}", "reads or sets `messages`"),
+    ("{% for m in messages %}{{ messages[loop.index0 + 1].role }}{% endfor %}", "reads or sets `messages`"),
+    ("{{ messages[0].content }}{% for m in messages %}{{ m.content }}{% endfor %}", "reads or sets `messages`"),
+    ("{% set messages = messages[1:] %}{% for m in messages %}{{ m.content }}{% endfor %}",
+     "reads or sets `messages`"),
+    ("{% set ms = messages %}{% set ms = [] %}{% for m in ms %}{{ m.content }}{% endfor %}", "`ms`"),
+    ("{% macro all() %}{{ messages | length }}{% endmacro %}{% for m in messages %}{{ all() }}{% endfor %}",
+     "reads or sets `messages`"),
+    ("{% for m in messages %}{{ m.content }}{% endfor %}{% for m in messages %}{{ m.role }}{% endfor %}",
+     "reads or sets `messages`"),
+    ("{% for m in messages if m.role != 'system' %}{{ m.content }}{% endfor %}", "filtered"),
+    ("{% for m in messages %}{{ m.content }}{% else %}empty{% endfor %}", "else"),
+    ("{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{{ m.content }}{% endfor %}"
+     "{{ ns.n }}", "after the loop depends on `ns`"),
+    ("{% for m in messages %}{{ m.content }}{% endfor %}{% set tail = 'x' %}{{ tail }}", "after the loop"),
+    ("{% if true %}{% for m in messages %}{{ m.content }}{% endfor %}{% endif %}", "no loop over the messages"),
+])
+def test_templates_that_may_read_what_follows_are_refused(source, why):
+    at, refusal = _loop(source)
+    assert at is None and why in refusal
+
+
+def _conversations(template: ChatTemplate) -> list[Conversation]:
+    """The fixture records (every format) the template renders."""
+    records = list(read_inputs(sorted((FIXTURES / "data").glob("*.json*"))))
+    out = []
+    for record in records:
+        try:
+            conv = to_conversation(record.data, record.source_id, record.format or InputFormat.MESSAGES)
+            template.render(template_messages(conv.messages), conv.tools)
+        except Exception:  # noqa: BLE001 - records this template cannot render say nothing here
+            continue
+        out.append(conv)
+    return out
+
+
+def _assert_prefixes_read_from_marks(template: ChatTemplate, conversations: list[Conversation]) -> int:
+    """Every prefix's rendering equals the one read from the whole rendering's loop marks; returns how many
+    prefixes were compared."""
+    compared = 0
+    for conv in conversations:
+        messages = template_messages(conv.messages)
+        whole = template.render(messages, conv.tools, loop_marks=True)
+        assert whole.text == template.render(messages, conv.tools).text
+        assert len(whole.loop) == len(messages) + 1
+        for k in range(len(messages)):
+            read = whole.text[: whole.loop[k + 1]] + whole.text[whole.loop[-1] :]
+            assert read == template.render(messages[: k + 1], conv.tools).text
+            compared += 1
+    return compared
+
+
+@pytest.mark.parametrize("source", [_fixture("llama3_always_header"), CHATML, NAMESPACE])
+def test_prefix_renderings_read_from_marks_equal_rendering_them(source):
+    template = ChatTemplate(source, {"bos_token": "<s>"})
+    assert template.prefix_refusal is None
+    assert _assert_prefixes_read_from_marks(template, _conversations(template)) > 50
+
+
+@requires_shared
+def test_prefix_renderings_of_the_shared_llama3_template_and_data():
+    config = json.loads((SHARED / "tokenizers" / "llama3_1" / "tokenizer_config.json").read_text())
+    template = ChatTemplate(config["chat_template"], {"bos_token": config["bos_token"]})
+    assert template.prefix_refusal is None
+    records = list(read_inputs([SHARED / "datasets" / "dummy_conversation.json"]))
+    conversations = [to_conversation(r.data, r.source_id, r.format) for r in records]
+    assert _assert_prefixes_read_from_marks(template, conversations) > 1000
+
+
+def test_a_loop_ended_early_says_nothing():
+    template = ChatTemplate("{% for m in messages %}{{ m.content }}{% if m.role == 'user' %}{% break %}{% endif %}"
+                            "{% endfor %}", {})
+    assert template.prefix_refusal is None
+    rendered = template.render([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                               loop_marks=True)
+    assert (rendered.text, rendered.loop) == ("a", ())
+
+
+def test_a_message_holding_the_marks_is_rendered_as_it_is_and_its_loop_left_unknown():
+    template = ChatTemplate(CHATML, {})
+    facts = probe_template(template, None)
+    conv = Conversation(0, (Message("user", f"a{LOOP_MARK}b{END_MARK}"), Message("assistant", "c")))
+    rendered = render_conversation(conv, template, facts, TrainOn.ASSISTANT)
+    assert rendered.text == template.render(template_messages(conv.messages)).text
+    assert LOOP_MARK in rendered.text and END_MARK in rendered.text and rendered.loop == ()
+
+
+def test_a_plain_conversation_has_its_loop_read_from_the_one_rendering():
+    template = ChatTemplate(CHATML, {})
+    facts = probe_template(template, None)
+    conv = Conversation(0, (Message("user", "hi"), Message("assistant", "yo"), Message("user", "x")))
+    rendered = render_conversation(conv, template, facts, TrainOn.ASSISTANT)
+    starts = [rendered.text.find("<|im_start|>" + m.role + "\n" + m.content) for m in conv.messages]
+    assert rendered.loop == (*starts, len(rendered.text))
+
+
+def test_a_template_read_by_two_renderings_has_no_loop_marks():
+    # a template that compares message text is rendered twice per conversation (passthrough.py): the
+    # sentinels cannot then prove that no mark came from a message
+    template = ChatTemplate("{% for m in messages %}{% if m.content == 'x' %}!{% endif %}{{ m.content }}"
+                            "{% endfor %}", {})
+    assert template.passthrough_refusal is not None and template.prefix_refusal == template.passthrough_refusal
+    assert template.render([{"role": "user", "content": "x"}], loop_marks=True).loop == ()
