@@ -12,7 +12,6 @@ import os
 import re
 import socket
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
@@ -275,6 +274,8 @@ def _hub_reachable() -> bool:
     """Whether the hub can be asked, by one connection (to the proxy where one is set), so that a machine
     without network fails in a moment instead of retrying for most of a minute. Where it cannot, a hub
     id may still load from the hub's local cache."""
+    import urllib.request  # here: with http, email and ssl, a hundredth of a second of every start
+
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:

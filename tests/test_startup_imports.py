@@ -11,8 +11,8 @@ import pytest
 from .conftest import FIXTURES, REPO, fixture_tokenizer
 
 # datasets/polars: Parquet and datasets-folder inputs; transformers: loading a tokenizer the cache lacks;
-# torch: training; ray: the Ray executor
-HEAVY = ("datasets", "polars", "transformers", "torch", "ray")
+# torch: training; ray: the Ray executor; fsspec (with asyncio and ssl): paths that are URLs
+HEAVY = ("datasets", "polars", "transformers", "torch", "ray", "fsspec", "asyncio", "ssl")
 
 
 def packages_imported(python_args: list[str], env: dict) -> set[str]:
