@@ -49,10 +49,10 @@ class Placed:
 
 
 def place_turn(facts: TemplateFacts, i: int, empty_reasoning: EmptyReasoning, special_pattern: re.Pattern | None,
-               last: str, prompts: set[str]) -> Placed:
+               last: str, fitting: list[int]) -> Placed:
     """Turn `i` as the model generates it: `last` is the template's rendering of the conversation through
-    it, `prompts` its rendering of the conversation before it with each mode's generation prompt."""
-    fitting = [len(p) for p in prompts if last.startswith(p)]
+    it, `fitting` the lengths of the prompts it starts with (the template's renderings of the
+    conversation before it with each mode's generation prompt)."""
     if not fitting:
         raise RecordError(Reason.PROMPT_MISMATCH, f"message {i} (assistant): the template's rendering of the "
                           "conversation through it does not start with its rendering of the conversation "
@@ -218,7 +218,8 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
     renderings, missing = _unrendered(conv, whole, render) if whole.unrendered else ({}, ())
     if missing and config.unrendered is Unrendered.REJECT:
         raise _unrendered_error(conv, missing)
-    whole = replace(whole, unrendered=missing)
+    if whole.unrendered:
+        whole = replace(whole, unrendered=missing)
     if (config.turn_context is TurnContext.WHOLE or whole.train_all or whole.method == "generation"
             or config.masker is not Masker.SPANS):
         return [whole]
@@ -227,10 +228,16 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
              if train and m.role == "assistant" and not is_empty_turn(m)]
     if not turns:
         return [whole]
-    messages = template_messages(conv.messages, developer=template_role(template))
+    plain: list[dict] = []  # the messages as the template gets them, made when a rendering is needed
+
+    def messages() -> list[dict]:
+        plain[:] = plain or template_messages(conv.messages, developer=template_role(template))
+        return plain
+
     # renderings of the conversation through a message: the whole rendering for the last message, one made
     # for unrendered fields, or one made here (reused for the turn's own document)
     through: dict[int, RenderedText] = {}
+    loop = whole.loop if len(whole.loop) == len(conv.messages) + 1 else None  # prefixes.py
 
     def text_through(k: int, turn: int) -> str:
         if k == len(conv.messages) - 1:
@@ -238,25 +245,30 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
         if k in renderings:
             return renderings[k].text
         if k not in through:
-            if len(whole.loop) == len(conv.messages) + 1:  # read from the whole rendering (prefixes.py)
-                through[k] = RenderedText(whole.text[: whole.loop[k + 1]] + whole.text[whole.loop[-1] :], ())
+            if loop is not None:
+                through[k] = RenderedText(whole.text[: loop[k + 1]] + whole.text[loop[-1] :], ())
                 return through[k].text
             try:
-                through[k] = template.render(messages[: k + 1], conv.tools)
+                through[k] = template.render(messages()[: k + 1], conv.tools)
             except TemplateRenderError as err:
                 raise _render_error(turn, err) from None
         return through[k].text
 
     appended = appended_prompts(template, tuple(tuple(sorted(mode.items())) for mode in facts.modes))
+    # where nothing follows the loop, the renderings through turn i and before it are the whole rendering
+    # up to where iterations i + 1 and i start: the prompts are found in place, without a copy
+    in_place = loop is not None and appended is not None and loop[-1] == len(whole.text)
     placed = {}
     for i in turns:
-        last = text_through(i, i)
-        if appended is None:
-            prompts = prompts_of(template, facts, messages, conv.tools, i)
+        if in_place:
+            last, at = whole.text[: loop[i + 1]], loop[i]
+            fitting = [at + len(p) for p in appended if whole.text.startswith(p, at, len(last))]
         else:
-            before = text_through(i - 1, i)
-            prompts = {before + prompt for prompt in appended}
-        placed[i] = place_turn(facts, i, config.empty_reasoning, special_pattern, last, prompts)
+            last = text_through(i, i)
+            prompts = (prompts_of(template, facts, messages(), conv.tools, i) if appended is None
+                       else {text_through(i - 1, i) + prompt for prompt in appended})
+            fitting = [len(p) for p in prompts if last.startswith(p)]
+        placed[i] = place_turn(facts, i, config.empty_reasoning, special_pattern, last, fitting)
     plan = plan_documents(whole.text, placed)
     in_whole = next((covered for host, covered in plan if host is None), [])
     documents = [retarget(whole, placed, in_whole, config.train_eot, extra=False)]
