@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -159,5 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The `sftdata` command: `main`, then an exit without the interpreter's teardown. Everything a command
+    writes is closed and published by then (a build's manifest last); the teardown would only free, one
+    object at a time, what a build holds (the tokenizer's tables, its buffers): about 0.05 s of a build
+    of 20,000 conversations. An exception still ends the process the usual way, with its traceback."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

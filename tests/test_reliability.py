@@ -422,6 +422,17 @@ def test_a_build_that_writes_no_document_exits_1_after_its_manifest(tmp_path, ca
         assert m.packing.rows == 0
 
 
+def test_the_command_exits_with_its_code_and_everything_it_printed(tmp_path):
+    """`python -m sftdata` ends without the interpreter's teardown (cli.run): its exit code and its last
+    lines still arrive, through a pipe too."""
+    path = _write_jsonl(tmp_path / "in.jsonl", [{"messages": [{"role": "user", "content": "no reply"}]}])
+    done = subprocess.run([sys.executable, "-m", "sftdata", "build", str(path), "--tokenizer", CHATML, "--out",
+                           str(tmp_path / "o"), "--no-report"], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1
+    assert "no document written" in done.stderr and done.stderr.rstrip().endswith("/o/rejects.jsonl")
+
+
 # -- 7: a turn that renders empty never trains its end-of-turn token alone ---------------------------------
 
 EMPTY_TURNS = [  # each: an assistant turn with no rendered text of its own, then a real reply
