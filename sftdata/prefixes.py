@@ -16,8 +16,8 @@ It holds for a template that is, at its top level:
 - one loop over them (`for message in messages`; no filter, no else, not recursive) whose iterations
   read their own message and the loop's past (`loop.index0`, `loop.first`, `loop.previtem`, a
   namespace earlier iterations set) but never what follows (`loop.last`, `loop.length`, `loop.revindex`,
-  `loop.nextitem`, the list itself): iteration j then sees the same inputs in both renderings, for
-  every j up to k;
+  `loop.nextitem`, the list itself, or the loop printed, which shows its length: `loop.cycle` is only
+  called): iteration j then sees the same inputs in both renderings, for every j up to k;
 - after the loop, only what depends on the template's variables alone (`add_generation_prompt`,
   `bos_token`): never on a name the template sets (a namespace the loop wrote could differ).
 The messages are read nowhere else: not by a macro, not by a second loop (Qwen3's search for the last
@@ -29,8 +29,12 @@ from __future__ import annotations
 
 from jinja2 import nodes
 
-# what a loop iteration may not ask: it depends on the iterations after it
-FUTURE = frozenset({"last", "length", "revindex", "revindex0", "nextitem"})
+# what a loop iteration may ask `loop` for: the loop's past and present. Not what depends on the
+# iterations after it (`loop.last`, `loop.length`, `loop.revindex`, `loop.nextitem`), nor anything unknown
+PAST = frozenset({"index", "index0", "first", "previtem", "depth", "depth0"})
+# the loop's methods, which may only be called: a method as a value prints as `<bound method
+# LoopContext.cycle of <LoopContext 2/4>>`, and 4 is the loop's length
+METHODS = frozenset({"cycle", "changed"})
 LOOP_MARK = "\U0010fffe"  # where an iteration of the message loop starts (removed from the rendering)
 END_MARK = "\U0010ffff"  # where the message loop ends
 
@@ -74,8 +78,11 @@ def _reads_ahead(statements: list[nodes.Node]) -> str | None:
     """Why the message loop's body depends on iterations after the current one, if it does."""
     for statement in statements:
         for node in _in_loop_scope(statement):
-            if isinstance(node, nodes.Getattr) and _is_loop(node.node) and node.attr in FUTURE:
-                return f"its loop over the messages reads `loop.{node.attr}`"
+            if isinstance(node, nodes.Getattr) and _is_loop(node.node):
+                if node.attr not in PAST | METHODS:
+                    return f"its loop over the messages reads `loop.{node.attr}`"
+                if node.attr in METHODS and not _called(node, statement):
+                    return f"its loop over the messages passes `loop.{node.attr}` on without calling it"
             if _is_loop(node) and not _allowed_loop_use(node, statement):
                 return "its loop over the messages passes `loop` on or indexes it"
     return None
@@ -99,6 +106,11 @@ def _allowed_loop_use(name: nodes.Name, root: nodes.Node) -> bool:
     """Whether `loop` is only asked for an attribute (`loop.index0`, `loop.cycle(...)`): as a value of its
     own, passed to a macro or indexed (`loop['last']`), it could be asked anything."""
     return any(isinstance(n, nodes.Getattr) and n.node is name for n in root.find_all(nodes.Getattr))
+
+
+def _called(method: nodes.Getattr, root: nodes.Node) -> bool:
+    """Whether `method` (`loop.cycle`) is called where it is named: passed on, its caller could print it."""
+    return any(call.node is method for call in root.find_all(nodes.Call))
 
 
 def with_loop_marks(syntax: nodes.Template, at: int) -> nodes.Template:

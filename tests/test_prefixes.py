@@ -51,6 +51,9 @@ def test_fixture_templates_that_render_prefixes_as_prefixes(name):
     # `loop.last` of a nested loop is that loop's
     "{% for m in messages %}{{ m.content }}{% for c in m.tool_calls or [] %}{{ c.function.name }}"
     "{% if not loop.last %},{% endif %}{% endfor %}{% endfor %}",
+    # the loop's methods, called
+    "{% for m in messages %}{{ loop.cycle('a', 'b') }}{% if loop.changed(m.role) %}{{ m.role }}{% endif %}"
+    "{{ m.content }}{% endfor %}",
 ])
 def test_templates_whose_iterations_read_only_the_past_are_accepted(source):
     assert _loop(source)[1] is None
@@ -81,6 +84,13 @@ def test_templates_whose_iterations_read_only_the_past_are_accepted(source):
      "{{ ns.n }}", "after the loop depends on `ns`"),
     ("{% for m in messages %}{{ m.content }}{% endfor %}{% set tail = 'x' %}{{ tail }}", "after the loop"),
     ("{% if true %}{% for m in messages %}{{ m.content }}{% endfor %}{% endif %}", "no loop over the messages"),
+    # a loop method not called prints the loop, and with it its length: `<LoopContext 1/4>`
+    ("{% for m in messages %}{{ m.content }}{{ loop.cycle }}{% endfor %}", "passes `loop.cycle` on"),
+    ("{% macro show(f) %}{{ f }}{% endmacro %}{% for m in messages %}{{ show(loop.changed) }}{% endfor %}",
+     "passes `loop.changed` on"),
+    ("{% for m in messages %}{% set ns = namespace(f=loop.cycle) %}{{ ns.f('a', 'b') }}{% endfor %}",
+     "passes `loop.cycle` on"),
+    ("{% for m in messages %}{{ m.content }}{{ loop.unknown }}{% endfor %}", "loop.unknown"),
 ])
 def test_templates_that_may_read_what_follows_are_refused(source, why):
     at, refusal = _loop(source)
@@ -132,6 +142,18 @@ def test_prefix_renderings_of_the_shared_llama3_template_and_data():
     records = list(read_inputs([SHARED / "datasets" / "dummy_conversation.json"]))
     conversations = [to_conversation(r.data, r.source_id, r.format) for r in records]
     assert _assert_prefixes_read_from_marks(template, conversations) > 1000
+
+
+def test_a_template_printing_its_loop_has_no_loop_marks():
+    # `loop.cycle` as a value prints as `<bound method LoopContext.cycle of <LoopContext 1/2>>`: the first
+    # message's iteration writes `!` only where the conversation has two messages, so the rendering of the
+    # first message alone is not the whole rendering cut where the second message's iteration starts
+    template = ChatTemplate("{% for m in messages %}{{ m.content }}{% if (loop.cycle | string).endswith('/2>>') %}"
+                            "!{% endif %}{% endfor %}", {})
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert (template.render(messages).text, template.render(messages[:1]).text) == ("a!b!", "a")
+    assert template.prefix_refusal is not None
+    assert template.render(messages, loop_marks=True).loop == ()
 
 
 def test_a_loop_ended_early_says_nothing():
