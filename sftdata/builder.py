@@ -51,6 +51,7 @@ from .units import (
     plan_shards,
     rejects_name,
 )
+from .tokenizer import ModelTokenizer
 from .worker import Worker
 
 
@@ -128,13 +129,15 @@ def build(
     overwrite: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     resume: bool = False,
+    tokenizer: ModelTokenizer | None = None,
 ) -> Manifest:
     """Build `inputs` (local paths or URLs) into `out_dir` (a local path or a URL). With `resume`, the
-    units a killed run of the same build finished are taken as they are (once their checksums match)."""
+    units a killed run of the same build finished are taken as they are (once their checksums match).
+    `tokenizer`: config.tokenizer as `load_tokenizer` loaded it, where the caller holds it already."""
     paths = [str(p) for p in inputs]
     if not paths:
         raise BuildError("no inputs given")
-    local = Worker(config)  # loads tokenizer and template: a problem with either stops the build here
+    local = Worker(config, tokenizer)  # loads tokenizer and template: a problem with either stops the build here
     if config.special_text is SpecialText.REJECT and config.system_prompt:
         why = special_text_error(config.system_prompt, local.tokenizer.special_pattern)
         if why:  # a setting, not a record: refused once instead of rejecting every record

@@ -62,7 +62,7 @@ def run_build(args) -> int:
     from .out_dir import OutDirError
     from .sources import InputError
     from .template import TemplateRenderError
-    from .tokenizer import TokenizerError
+    from .tokenizer import TokenizerError, load_tokenizer
 
     console = Console(stderr=True)
     try:
@@ -89,15 +89,17 @@ def run_build(args) -> int:
                        refresh=redraw)
 
         try:
+            # loaded here, once, for the build and its report
+            tokenizer = load_tokenizer(config.tokenizer, config.chat_template)
             manifest = build(args.inputs, args.out, config, overwrite=args.overwrite, on_progress=show,
-                             resume=args.resume)
+                             resume=args.resume, tokenizer=tokenizer)
         except (BuildError, OutDirError, InputError, TokenizerError, TemplateRenderError) as err:
             return _error(console, str(err))
         except OSError as err:  # disk full, permissions: the build removed its temporary files
             return _error(console, f"cannot write the build to {args.out}: {err.strerror or err} "
                                    f"({err.filename or args.out}); free space or fix the folder, then build again")
     _print_summary(console, manifest, args.out)
-    report_after_build(args.out, args.report, console)
+    report_after_build(args.out, args.report, console, tokenizer)
     if manifest.counts.documents == 0:
         c = manifest.counts
         why = f"all {_n(c.records, 'record')} rejected" if c.records else "the inputs hold no record"

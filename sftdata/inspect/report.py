@@ -23,6 +23,7 @@ from rich.markup import escape
 from ..comparators import response_template_mask, train_everything_mask
 from ..options import setting
 from ..storage import Folder, public
+from ..tokenizer import ModelTokenizer
 from .alignment import classify
 from .build_data import COMPARATOR_WARNING, BuildData, DocIndex, document_key, output_settings, readable
 from .charts import distribution_charts
@@ -241,10 +242,10 @@ def subtitle(data: BuildData) -> list[str]:
             "settings: " + " · ".join(settings)]
 
 
-def write_report(data: BuildData, out: str | Path | None = None, tokenizer: str | None = None,
+def write_report(data: BuildData, out: str | Path | None = None, tokenizer: str | ModelTokenizer | None = None,
                  per_category: int = PER_CATEGORY) -> tuple[str, int]:
     """Write the report of an opened build to `out` (default OUT/report.html, on a local disk or an object
-    store alike), atomically; returns where, and its size in bytes."""
+    store alike), atomically; returns where, and its size in bytes. `tokenizer`: load_vocab's."""
     vocab, note = load_vocab(data.manifest, tokenizer)
     payload, charts = report_payload(data, vocab, [note] if note else [], per_category)
     text = page(f"sftdata build report: {data.path}", subtitle(data), charts, payload,
@@ -272,15 +273,17 @@ def run(data: BuildData, settings: ReportSettings, reading: VocabSettings) -> in
     return 0
 
 
-def report_after_build(out: str | Path, enabled: bool, console: Console) -> str | None:
+def report_after_build(out: str | Path, enabled: bool, console: Console, tokenizer: ModelTokenizer | None = None
+                       ) -> str | None:
     """What `sftdata build` does last: write OUT/report.html, or (--no-report) remove a stale one. A
-    report that cannot be written is a warning: the build itself is complete."""
+    report that cannot be written is a warning: the build itself is complete. `tokenizer`: the one the
+    build loaded (the report then need not load it again)."""
     if not enabled:
         Folder(out).remove(REPORT)
         return None
     t0 = time.perf_counter()
     try:
-        path, size = write_report(BuildData(out))
+        path, size = write_report(BuildData(out), tokenizer=tokenizer)
     except Exception as err:  # the shards are written and valid; say why the report is missing
         console.print(f"[yellow]warning:[/] no report written ({type(err).__name__}: {escape(str(err))})")
         return None

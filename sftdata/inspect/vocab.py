@@ -82,18 +82,22 @@ class Vocab(_Pieces):
         return self.tokenizer.backend.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
 
 
-def load_vocab(manifest: Manifest, tokenizer: str | None = None) -> tuple[Vocab | None, str | None]:
-    """The build's tokenizer (or `tokenizer`), checked against the manifest's fingerprint.
+def load_vocab(manifest: Manifest, tokenizer: str | ModelTokenizer | None = None) -> tuple[Vocab | None, str | None]:
+    """The build's tokenizer (or `tokenizer`: a folder, or one loaded already), checked against the
+    manifest's fingerprint.
 
     Returns (vocab, None), or (None, why not): then callers show ids. Loaded as the build loads it
     (through transformers, or the build's cache of what transformers loaded: transformers rebuilds some
     tokenizers, so tokenizer.json alone can differ)."""
-    name = tokenizer or manifest.config.tokenizer or manifest.tokenizer.name
+    if isinstance(tokenizer, ModelTokenizer):
+        name, loaded = tokenizer.name, tokenizer
+    else:
+        name, loaded = tokenizer or manifest.config.tokenizer or manifest.tokenizer.name, None
     if not name:
         return None, "the manifest names no tokenizer; showing token ids"
     expected = manifest.tokenizer.fingerprint
     try:
-        loaded = load_tokenizer(str(name), require_template=False)
+        loaded = loaded or load_tokenizer(str(name), require_template=False)
     except Exception as err:  # transformers raises many kinds; all mean "not loadable here"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return None, f"cannot load the tokenizer {name!r} ({first}); showing token ids"

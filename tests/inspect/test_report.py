@@ -116,6 +116,21 @@ def test_build_writes_the_report_by_default_and_not_with_no_report(tmp_path, cap
     assert not (out / REPORT).exists(), "a stale report of the previous build is left behind"
 
 
+def test_the_report_after_a_build_reads_ids_with_the_tokenizer_the_build_loaded(tmp_path, monkeypatch):
+    """The command loads the tokenizer once, for the build and its report: a second load cost the
+    report more than half its time."""
+    import sftdata.inspect.vocab
+
+    def no_second_load(*args, **kwargs):
+        raise AssertionError("the report loaded the tokenizer again")
+
+    monkeypatch.setattr(sftdata.inspect.vocab, "load_tokenizer", no_second_load)
+    out = tmp_path / "out"
+    assert main(["build", str(write_chats(tmp_path)), "--tokenizer", CHATML, "--out", str(out), "--quiet"]) == 0
+    _, data = _parse(out / REPORT)
+    assert data["notes"] == [] and ["<|im_end|>", "special"] in data["vocab"][0].values()  # not ids
+
+
 def test_report_is_well_formed_self_contained_and_escaped(builds):
     text, data = _parse(builds["template"] / REPORT)
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", text), "the page loads something remote"
