@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from .manifest import REJECTS, Manifest, ShardInfo
+from .records import Document
 from .storage import Folder, HashingWriter, exists, is_url, join, read_bytes
 
 SCHEMA = pa.schema(
@@ -59,6 +60,49 @@ def _list_array(chunks: list[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
     np.cumsum([len(c) for c in chunks], out=offsets[1:])
     values = np.concatenate(chunks) if chunks else np.zeros(0)
     return pa.ListArray.from_arrays(_numpy_array(offsets, pa.int32()), _numpy_array(values, dtype))
+
+
+@dataclass(slots=True)
+class DocumentColumns:
+    """A batch's documents as columns, one row each: their tokens and masks end to end, `offsets` where
+    each starts (and the end), their source ids. Made in one step per batch, where a row at a time costs
+    a few microseconds per document in Python."""
+
+    input_ids: np.ndarray  # int32
+    loss_mask: np.ndarray  # uint8
+    offsets: np.ndarray  # int64, one more than there are documents
+    source_ids: np.ndarray  # int64
+
+    @classmethod
+    def of(cls, documents: Sequence[Document]) -> DocumentColumns:
+        offsets = np.zeros(len(documents) + 1, dtype=np.int64)
+        np.cumsum([len(d.input_ids) for d in documents], out=offsets[1:])
+        if not documents:
+            return cls(np.zeros(0, np.int32), np.zeros(0, np.uint8), offsets, np.zeros(0, np.int64))
+        return cls(np.concatenate([d.input_ids for d in documents]).astype(np.int32, copy=False),
+                   np.concatenate([d.loss_mask for d in documents]).astype(np.uint8, copy=False), offsets,
+                   np.fromiter((d.source_id for d in documents), np.int64, len(documents)))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def trained(self) -> np.ndarray:
+        """Each document's target tokens."""
+        cumulative = np.zeros(len(self.loss_mask) + 1, dtype=np.int64)
+        np.cumsum(self.loss_mask, out=cumulative[1:])
+        return cumulative[self.offsets[1:]] - cumulative[self.offsets[:-1]]
+
+    def record_batch(self) -> pa.RecordBatch:
+        offsets = self.offsets.astype(np.int32)
+        each = np.arange(len(self.source_ids) + 1, dtype=np.int32)  # one length and one source id a row
+        return pa.RecordBatch.from_arrays(
+            [pa.ListArray.from_arrays(_numpy_array(offsets, pa.int32()), _numpy_array(self.input_ids, pa.int32())),
+             pa.ListArray.from_arrays(_numpy_array(offsets, pa.int32()), _numpy_array(self.loss_mask, pa.uint8())),
+             pa.ListArray.from_arrays(_numpy_array(each, pa.int32()), _numpy_array(self.lengths, pa.int32())),
+             pa.ListArray.from_arrays(_numpy_array(each, pa.int32()), _numpy_array(self.source_ids, pa.int64()))],
+            schema=SCHEMA)
 
 
 def rows_to_batch(rows: Sequence[Row]) -> pa.RecordBatch:
@@ -103,6 +147,18 @@ class ShardWriter:
         if self._tokens >= self.shard_tokens:
             self._close_shard()
 
+    def write_documents(self, columns: DocumentColumns) -> None:
+        """A batch of documents, one row each, as one record batch (after the rows written before it)."""
+        if not len(columns.source_ids):
+            return
+        self._flush_batch()
+        self._open()
+        self._writer.write_batch(columns.record_batch())
+        self._rows += len(columns.source_ids)
+        self._tokens += int(columns.offsets[-1])
+        if self._tokens >= self.shard_tokens:
+            self._close_shard()
+
     def write_all(self, rows: Iterable[Row]) -> None:
         for row in rows:
             self.write(row)
@@ -114,11 +170,14 @@ class ShardWriter:
     def _flush_batch(self) -> None:
         if not self._pending:
             return
+        self._open()
+        self._writer.write_batch(rows_to_batch(self._pending))
+        self._pending = []
+
+    def _open(self) -> None:
         if self._writer is None:
             self._file = self.folder.create(f"{self.prefix}-{self.first_index + len(self.shards):05d}.arrow")
             self._writer = pa.ipc.new_stream(self._file, SCHEMA)
-        self._writer.write_batch(rows_to_batch(self._pending))
-        self._pending = []
 
     def _close_shard(self) -> None:
         self._flush_batch()

@@ -14,6 +14,7 @@ work finished, so the output is the same bytes whatever ran it, in whatever orde
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from collections import Counter
@@ -27,7 +28,7 @@ from .config import BuildConfig
 from .manifest import ShardInfo
 from .packing import pack_arrays
 from .rejects import Reject
-from .shards import MappedShard, Row, ShardWriter, shard_columns
+from .shards import DocumentColumns, MappedShard, Row, ShardWriter, shard_columns
 from .sources import Unit
 from .storage import Folder
 from .timing import StageSeconds
@@ -79,11 +80,11 @@ class UnitCounts:
     seconds: StageSeconds = field(default_factory=StageSeconds)
 
     @classmethod
-    def of(cls, result: BatchResult) -> UnitCounts:
-        return cls(records=result.records, records_written=len({d.source_id for d in result.documents}),
+    def of(cls, result: BatchResult, columns: DocumentColumns, trained: np.ndarray) -> UnitCounts:
+        """The counts of `result`, whose documents are `columns`, `trained` their target tokens each."""
+        return cls(records=result.records, records_written=len(set(columns.source_ids.tolist())),
                    documents=len(result.documents), rejected=len(result.rejects),
-                   tokens=sum(d.num_tokens for d in result.documents),
-                   trained_tokens=sum(d.num_trained for d in result.documents), truncated=result.truncated,
+                   tokens=int(columns.offsets[-1]), trained_tokens=int(trained.sum()), truncated=result.truncated,
                    split_pieces=result.split_pieces,
                    comparator_template_not_found=result.comparator_template_not_found,
                    context_documents=result.context_documents, context_tokens=result.context_tokens,
@@ -154,27 +155,35 @@ class UnitSink:
         self.folder = Folder(job.units_dir, job.token)
         self.spill = ShardWriter(self.folder, NO_LIMIT, first_index=unit.index, prefix="unit")
         self.rejects: list[str] = []
-        self.lengths: list[int] = []
-        self.source_ids: list[int] = []
-        self.trained: list[int] = []
+        self.lengths: list[np.ndarray] = []  # per batch
+        self.source_ids: list[np.ndarray] = []
+        self.trained: list[np.ndarray] = []
         self.counts = UnitCounts()
 
-    def add(self, result: BatchResult, counts: UnitCounts) -> None:
-        for doc in result.documents:
-            self.spill.write(Row(doc.input_ids, doc.loss_mask, [doc.num_tokens], [doc.source_id]))
-            self.lengths.append(doc.num_tokens)
-            self.source_ids.append(doc.source_id)
-            self.trained.append(doc.num_trained)
+    def add(self, result: BatchResult) -> UnitCounts:
+        """A batch's documents to the spill, its rejects kept; returns what it counted."""
+        columns = DocumentColumns.of(result.documents)
+        trained = columns.trained
+        self.spill.write_documents(columns)
+        self.lengths.append(columns.lengths)
+        self.source_ids.append(columns.source_ids)
+        self.trained.append(trained)
         self.rejects.extend(_reject_line(r) for r in result.rejects)
+        counts = UnitCounts.of(result, columns, trained)
         self.counts.add(counts)
+        return counts
 
     def close(self) -> UnitOutcome:
         spilled = self.spill.close()
         rejects_sha = self.folder.write_bytes(rejects_name(self.unit.index), "".join(self.rejects).encode("utf-8"))
         record = UnitRecord(self.unit, self.job.key, self.counts, spilled[0].sha256 if spilled else None, rejects_sha)
         self.folder.write_bytes(record_name(self.unit.index), json.dumps(record.to_json()).encode("utf-8"))
-        return UnitOutcome(record, np.asarray(self.lengths, dtype=np.int32),
-                           np.asarray(self.source_ids, dtype=np.int64), np.asarray(self.trained, dtype=np.int32))
+        return UnitOutcome(record, _joined(self.lengths, np.int32), _joined(self.source_ids, np.int64),
+                           _joined(self.trained, np.int32))
+
+
+def _joined(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
 
 def _reject_line(reject: Reject) -> str:
@@ -264,17 +273,18 @@ def write_shard(task: ShardTask, job: WriteJob) -> ShardInfo:
     return info
 
 
-def _spill_index(shard: MappedShard) -> tuple[MappedShard, list]:
+def _spill_index(shard: MappedShard) -> tuple[MappedShard, tuple[list[int], list]]:
     """The spill, and its record batches as columns with the number of their first document."""
-    batches, first = [], 0
+    firsts, batches = [], []
     for columns in shard_columns(shard.table):
-        batches.append((first, columns))
-        first += columns.rows
-    return shard, batches
+        firsts.append(firsts[-1] + batches[-1].rows if batches else 0)
+        batches.append(columns)
+    return shard, (firsts, batches)
 
 
-def _document(batches: list, i: int) -> Row:
-    for first, columns in reversed(batches):
-        if i >= first:
-            return columns.row(i - first)
+def _document(index: tuple[list[int], list], i: int) -> Row:
+    firsts, batches = index
+    k = bisect.bisect_right(firsts, i) - 1
+    if k >= 0 and i - firsts[k] < batches[k].rows:
+        return batches[k].row(i - firsts[k])
     raise IndexError(f"document {i} is not in this spill")

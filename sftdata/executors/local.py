@@ -234,9 +234,8 @@ class LocalExecutor:
                                   self.local, self.workers):
             unit, last, read_seconds = batches_of.popleft()
             sink = sink or UnitSink(job, unit)
-            counts = UnitCounts.of(result)
+            counts = sink.add(result)
             counts.seconds["read"] += read_seconds
-            sink.add(result, counts)
             progressed(counts)
             if last:
                 yield sink.close()

@@ -60,7 +60,7 @@ class UnitMapper:
         records = read_unit(unit)
         batches = iter(lambda: list(itertools.islice(records, self.worker.config.batch_size)), [])
         for result in overlapped(self.worker, batches):
-            sink.add(result, UnitCounts.of(result))
+            sink.add(result)
         return sink.close()
 
 
