@@ -83,7 +83,7 @@ class UnitCounts:
     def of(cls, result: BatchResult, columns: DocumentColumns, trained: np.ndarray) -> UnitCounts:
         """The counts of `result`, whose documents are `columns`, `trained` their target tokens each."""
         return cls(records=result.records, records_written=len(set(columns.source_ids.tolist())),
-                   documents=len(result.documents), rejected=len(result.rejects),
+                   documents=len(columns.source_ids), rejected=len(result.rejects),
                    tokens=int(columns.offsets[-1]), trained_tokens=int(trained.sum()), truncated=result.truncated,
                    split_pieces=result.split_pieces,
                    comparator_template_not_found=result.comparator_template_not_found,
@@ -162,7 +162,7 @@ class UnitSink:
 
     def add(self, result: BatchResult) -> UnitCounts:
         """A batch's documents to the spill, its rejects kept; returns what it counted."""
-        columns = DocumentColumns.of(result.documents)
+        columns = result.document_columns()
         trained = columns.trained
         self.spill.write_documents(columns)
         self.lengths.append(columns.lengths)

@@ -22,6 +22,7 @@ from .masking import make_document
 from .probe import probe_template
 from .records import Conversation, Document, Message, RawRecord, Rendered
 from .rejects import RecordError, Reject
+from .shards import DocumentColumns
 from .turns import render_documents
 from .template import ChatTemplate
 from .timing import StageSeconds
@@ -42,6 +43,15 @@ class BatchResult:
     context_tokens: int = 0  # the tokens of those documents
     comparator_template_not_found: int = 0
     seconds: StageSeconds = field(default_factory=StageSeconds)
+    # the documents as columns instead (documents then empty): how a result travels between processes,
+    # a few buffers to pickle where each document is an object of its own
+    columns: DocumentColumns | None = None
+
+    def document_columns(self) -> DocumentColumns:
+        return self.columns if self.columns is not None else DocumentColumns.of(self.documents)
+
+    def for_transport(self) -> BatchResult:
+        return replace(self, documents=[], columns=self.document_columns())
 
 
 @dataclass

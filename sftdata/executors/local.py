@@ -107,7 +107,7 @@ def _init_worker(config: BuildConfig, tokenizer: ModelTokenizer, parent: int) ->
 
 
 def _process(batch: list[RawRecord]) -> BatchResult:
-    return _worker.process(batch)
+    return _worker.process(batch).for_transport()
 
 
 def default_workers() -> int:
