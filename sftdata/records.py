@@ -23,7 +23,7 @@ class RawRecord:
     source_id: int
     input_index: int  # which input file it came from
     format: InputFormat
-    data: Any  # the parsed record, or a RecordError when it could not be parsed
+    data: Any  # the parsed record, a RecordError when it could not be parsed, or (sources.JsonLine) its line
 
 
 @dataclass(slots=True)

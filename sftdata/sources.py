@@ -49,20 +49,40 @@ def _name(path: str) -> str:
     return os.path.basename(public(path).rstrip("/"))
 
 
-def _jsonl_records(path: str, lines: Iterable[bytes], first_line: int = 1) -> Iterator[Any]:
-    # bytes, so one line of bad UTF-8 is one bad record, not a stopped build
+@dataclass(slots=True)
+class JsonLine:
+    """A line of a JSON Lines file, parsed where its record is processed (`parse`): a build's own process
+    then hands its pool processes a few bytes a record, where a parsed record is an object to pickle
+    there and unpickle again, and the parsing is spread over the pool."""
+
+    name: str  # the file's, for the error a bad line gets
+    line: int
+    raw: bytes
+
+    def parse(self) -> Any:
+        """The record, or a RecordError saying why the line is none (bytes, so one line of bad UTF-8 is one
+        bad record, not a stopped build)."""
+        try:
+            return json.loads(self.raw.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            return RecordError(Reason.MALFORMED, f"{self.name} line {self.line}: invalid JSON ({err})")
+        except RecursionError:
+            return RecordError(Reason.MALFORMED, f"{self.name} line {self.line}: JSON nested deeper than "
+                               f"{sys.getrecursionlimit()} levels")
+
+
+def _json_lines(path: str, lines: Iterable[bytes], first_line: int = 1) -> Iterator[JsonLine]:
+    """The lines that hold something (a record, or not JSON), numbered from `first_line`."""
+    name = _name(path)
     for lineno, raw in enumerate(lines, start=first_line):
         if lineno == 1 and raw.startswith(BOM):
             raw = raw[len(BOM):]
-        if not raw.strip():
-            continue
-        try:
-            yield json.loads(raw.decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            yield RecordError(Reason.MALFORMED, f"{_name(path)} line {lineno}: invalid JSON ({err})")
-        except RecursionError:
-            yield RecordError(Reason.MALFORMED, f"{_name(path)} line {lineno}: JSON nested deeper than "
-                              f"{sys.getrecursionlimit()} levels")
+        if raw.strip():
+            yield JsonLine(name, lineno, raw)
+
+
+def _jsonl_records(path: str, lines: Iterable[bytes], first_line: int = 1) -> Iterator[Any]:
+    return (line.parse() for line in _json_lines(path, lines, first_line))
 
 
 def _json_records(path: str) -> Iterator[Any]:
@@ -330,20 +350,23 @@ def units_of(paths: list[str], plans: list[FilePlan]) -> list[Unit]:
     return units
 
 
-def read_unit(unit: Unit) -> Iterator[RawRecord]:
-    """The unit's records, each with its source id and format, exactly as `read_inputs` gives them."""
+def read_unit(unit: Unit, parsed: bool = True) -> Iterator[RawRecord]:
+    """The unit's records, each with its source id and format, exactly as `read_inputs` gives them; with
+    `parsed` False, a JSON Lines record as its line (JsonLine), to be parsed where it is processed."""
     suffix = _suffix(unit.path)
     if suffix in JSONL_SUFFIXES:
-        records = _jsonl_from(unit)
+        records = _jsonl_from(unit, parsed)
     elif suffix == ".parquet":
         records = _parquet_records(unit.path, list(unit.row_groups))
     else:
         records = read_file(unit.path)
     fmt = InputFormat(unit.format)
     for i, data in enumerate(itertools.islice(records, unit.records)):
-        known = unit.start + i >= unit.format_from
-        yield RawRecord(unit.first_source_id + i, unit.input_index, fmt if known else InputFormat.MESSAGES,
-                        data if known else _before_format(data))
+        if unit.start + i >= unit.format_from:
+            yield RawRecord(unit.first_source_id + i, unit.input_index, fmt, data)
+        else:
+            data = data.parse() if isinstance(data, JsonLine) else data
+            yield RawRecord(unit.first_source_id + i, unit.input_index, InputFormat.MESSAGES, _before_format(data))
 
 
 def _before_format(data: Any) -> Any:
@@ -357,10 +380,11 @@ def _before_format(data: Any) -> Any:
     return data
 
 
-def _jsonl_from(unit: Unit) -> Iterator[Any]:
+def _jsonl_from(unit: Unit, parsed: bool) -> Iterator[Any]:
     with open_input(unit.path) as f:
         f.seek(unit.offset)
-        yield from _jsonl_records(unit.path, f, unit.line)
+        lines = _json_lines(unit.path, f, unit.line)
+        yield from ((line.parse() for line in lines) if parsed else lines)
 
 
 def read_inputs(paths: list, fmt: InputFormat = InputFormat.AUTO) -> Iterator[RawRecord]:

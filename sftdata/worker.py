@@ -23,6 +23,7 @@ from .probe import probe_template
 from .records import Conversation, Document, Message, RawRecord, Rendered
 from .rejects import RecordError, Reject
 from .shards import DocumentColumns
+from .sources import JsonLine
 from .turns import render_documents
 from .template import ChatTemplate
 from .timing import StageSeconds
@@ -85,9 +86,10 @@ class Worker:
         return piece_cuts(self.tokenizer)
 
     def conversation(self, record: RawRecord) -> Conversation:
-        if isinstance(record.data, RecordError):
-            raise record.data
-        conv = to_conversation(record.data, record.source_id, record.format)
+        data = record.data.parse() if isinstance(record.data, JsonLine) else record.data
+        if isinstance(data, RecordError):
+            raise data
+        conv = to_conversation(data, record.source_id, record.format)
         prompt = self.config.system_prompt
         if prompt and conv.messages[0].role not in ("system", "developer"):
             conv = replace(conv, messages=(Message("system", prompt),) + conv.messages)

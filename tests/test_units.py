@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftdata.config import InputFormat
-from sftdata.sources import plan_file, read_inputs, read_unit, units_of
+from sftdata.sources import JsonLine, plan_file, read_inputs, read_unit, units_of
 
 from .conftest import FIXTURES
 
@@ -18,7 +18,12 @@ INPUTS = [DATA / "alpaca.json", DATA / "malformed.jsonl", DATA / "messages.jsonl
 
 
 def _same(a, b) -> bool:
-    return (a.source_id, a.input_index, a.format, repr(a.data)) == (b.source_id, b.input_index, b.format, repr(b.data))
+    return (a.source_id, a.input_index, a.format, repr(_data(a))) == (b.source_id, b.input_index, b.format, repr(_data(b)))
+
+
+def _data(record):
+    """The record as parsed: a line read for parsing later (read_unit's `parsed=False`) parsed now."""
+    return record.data.parse() if isinstance(record.data, JsonLine) else record.data
 
 
 def _units(paths, unit_records, fmt=InputFormat.AUTO):
@@ -26,12 +31,13 @@ def _units(paths, unit_records, fmt=InputFormat.AUTO):
     return units_of(paths, [plan_file(p, fmt, unit_records) for p in paths])
 
 
+@pytest.mark.parametrize("parsed", [True, False])
 @pytest.mark.parametrize("unit_records", [1, 3, 1000])
-def test_units_read_apart_give_the_records_read_inputs_gives(unit_records):
+def test_units_read_apart_give_the_records_read_inputs_gives(unit_records, parsed):
     whole = list(read_inputs(INPUTS))
     units = _units(INPUTS, unit_records)
     # read in reverse: a unit needs nothing read before it
-    parts = {u.index: list(read_unit(u)) for u in reversed(units)}
+    parts = {u.index: list(read_unit(u, parsed)) for u in reversed(units)}
     pieces = [r for i in range(len(units)) for r in parts[i]]
     assert len(pieces) == len(whole) and all(_same(a, b) for a, b in zip(pieces, whole))
     assert [u.records for u in units] == [len(parts[u.index]) for u in units]

@@ -251,7 +251,7 @@ class LocalExecutor:
 def _unit_batches(units: list[Unit], size: int, batches_of: deque) -> Iterator[list[RawRecord]]:
     """The units' records in batches that never span two units; each batch's unit noted in `batches_of`."""
     for unit in units:
-        records = read_unit(unit)
+        records = read_unit(unit, parsed=False)  # parsed by whichever process takes the batch
         started = time.perf_counter()
         batch = list(itertools.islice(records, size))
         while batch:
