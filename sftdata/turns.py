@@ -175,10 +175,15 @@ def retarget(rendered: Rendered, placed: dict[int, Placed], trained: list[int], 
     return replace(rendered, spans=tuple(spans), extra=extra, unrendered=() if extra else rendered.unrendered)
 
 
-def _unrendered(conv: Conversation, whole: Rendered, render) -> tuple[dict[int, Rendered], tuple]:
+def _unrendered(conv: Conversation, whole: Rendered, render, prefixes_are_prefixes: bool
+                ) -> tuple[dict[int, Rendered], tuple]:
     """The fields the template renders nowhere: not in the whole rendering, and not in the rendering of
     the conversation up to their message either (Qwen3 leaves out earlier reasoning only in a longer
-    conversation). Returns those renderings too, for reuse as documents."""
+    conversation). Returns those renderings too, for reuse as documents. Where the template renders
+    prefixes as prefixes of the whole (prefixes.py), a field the whole leaves out is in no prefix
+    either: its own kinds say so, without a rendering ("message", from a reading by difference, does not)."""
+    if prefixes_are_prefixes and all(kind != "message" for _, kind in whole.unrendered):
+        return {}, whole.unrendered
     renderings, missing = {}, []
     for i in sorted({i for i, _ in whole.unrendered}):
         renderings[i] = render(prefix(conv, i))
@@ -215,7 +220,8 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
                                    special_pattern, plain)
 
     whole = render(conv)
-    renderings, missing = _unrendered(conv, whole, render) if whole.unrendered else ({}, ())
+    renderings, missing = (_unrendered(conv, whole, render, template.prefix_refusal is None) if whole.unrendered
+                           else ({}, ()))
     if missing and config.unrendered is Unrendered.REJECT:
         raise _unrendered_error(conv, missing)
     if whole.unrendered:

@@ -7,14 +7,16 @@ import json
 
 import pytest
 
-from sftdata.config import InputFormat, TrainOn
+from sftdata.config import BuildConfig, InputFormat, TrainOn
 from sftdata.formats import to_conversation
 from sftdata.prefixes import END_MARK, LOOP_MARK, message_loop
 from sftdata.probe import probe_template
-from sftdata.records import Conversation, Message
+from sftdata.records import Conversation, Message, ToolCall
+from sftdata.rejects import Reason, RecordError
 from sftdata.sources import read_inputs
 from sftdata.spans import render_conversation, template_messages
 from sftdata.template import ChatTemplate
+from sftdata.turns import render_documents
 
 from .conftest import FIXTURES, SHARED, requires_shared
 
@@ -190,3 +192,31 @@ def test_a_template_read_by_two_renderings_has_no_loop_marks():
                             "{% endfor %}", {})
     assert template.passthrough_refusal is not None and template.prefix_refusal == template.passthrough_refusal
     assert template.render([{"role": "user", "content": "x"}], loop_marks=True).loop == ()
+
+
+def test_a_field_the_whole_rendering_leaves_out_is_left_out_of_every_prefix_without_rendering_them():
+    """What a template rendering prefixes as prefixes leaves out of the whole conversation, it leaves out
+    of the conversation up to that message too: the record is rejected from the one rendering."""
+    template = ChatTemplate(CHATML, {})
+    facts = probe_template(template, None)
+    call = ToolCall("lookup", {"q": "x"})
+    conv = Conversation(0, (Message("user", "hi"), Message("assistant", "", tool_calls=(call,)),
+                            Message("tool", "42"), Message("assistant", "done")))
+    renders = []
+    render = template.render
+
+    def counted(*args, **kwargs):
+        renders.append(len(args[0]))
+        return render(*args, **kwargs)
+
+    template.render = counted
+    with pytest.raises(RecordError) as rejected:
+        render_documents(conv, template, facts, BuildConfig(tokenizer="unused"), None)
+    assert rejected.value.reason is Reason.UNRENDERED_FIELD
+    assert "does not render message 1 tool_call" in rejected.value.detail
+    assert renders == [4, 4]  # the whole conversation, with sentinels and as is: no prefix of it
+    template.prefix_refusal = "as if not proven"
+    renders.clear()
+    with pytest.raises(RecordError) as again:
+        render_documents(conv, template, facts, BuildConfig(tokenizer="unused"), None)
+    assert again.value.detail == rejected.value.detail and renders == [4, 4, 2, 2]
