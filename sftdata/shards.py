@@ -63,46 +63,52 @@ def _list_array(chunks: list[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
 
 
 @dataclass(slots=True)
-class DocumentColumns:
-    """A batch's documents as columns, one row each: their tokens and masks end to end, `offsets` where
-    each starts (and the end), their source ids. Made in one step per batch, where a row at a time costs
-    a few microseconds per document in Python."""
+class RowColumns:
+    """Rows as columns: every row's tokens and masks end to end (`token_offsets`: where each row starts,
+    and the end), every row's documents' lengths and source ids end to end (`document_offsets`). Built
+    and written a record batch at a time, where a row at a time costs a few microseconds per document in
+    Python; the record batch is the one `rows_to_batch` makes of the same rows."""
 
     input_ids: np.ndarray  # int32
     loss_mask: np.ndarray  # uint8
-    offsets: np.ndarray  # int64, one more than there are documents
+    token_offsets: np.ndarray  # int64, one more than there are rows
+    seq_lens: np.ndarray  # int32
     source_ids: np.ndarray  # int64
-
-    @classmethod
-    def of(cls, documents: Sequence[Document]) -> DocumentColumns:
-        offsets = np.zeros(len(documents) + 1, dtype=np.int64)
-        np.cumsum([len(d.input_ids) for d in documents], out=offsets[1:])
-        if not documents:
-            return cls(np.zeros(0, np.int32), np.zeros(0, np.uint8), offsets, np.zeros(0, np.int64))
-        return cls(np.concatenate([d.input_ids for d in documents]).astype(np.int32, copy=False),
-                   np.concatenate([d.loss_mask for d in documents]).astype(np.uint8, copy=False), offsets,
-                   np.fromiter((d.source_id for d in documents), np.int64, len(documents)))
+    document_offsets: np.ndarray  # int64, one more than there are rows
 
     @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    @property
-    def trained(self) -> np.ndarray:
-        """Each document's target tokens."""
-        cumulative = np.zeros(len(self.loss_mask) + 1, dtype=np.int64)
-        np.cumsum(self.loss_mask, out=cumulative[1:])
-        return cumulative[self.offsets[1:]] - cumulative[self.offsets[:-1]]
+    def rows(self) -> int:
+        return len(self.token_offsets) - 1
 
     def record_batch(self) -> pa.RecordBatch:
-        offsets = self.offsets.astype(np.int32)
-        each = np.arange(len(self.source_ids) + 1, dtype=np.int32)  # one length and one source id a row
+        tokens, documents = self.token_offsets.astype(np.int32), self.document_offsets.astype(np.int32)
         return pa.RecordBatch.from_arrays(
-            [pa.ListArray.from_arrays(_numpy_array(offsets, pa.int32()), _numpy_array(self.input_ids, pa.int32())),
-             pa.ListArray.from_arrays(_numpy_array(offsets, pa.int32()), _numpy_array(self.loss_mask, pa.uint8())),
-             pa.ListArray.from_arrays(_numpy_array(each, pa.int32()), _numpy_array(self.lengths, pa.int32())),
-             pa.ListArray.from_arrays(_numpy_array(each, pa.int32()), _numpy_array(self.source_ids, pa.int64()))],
+            [pa.ListArray.from_arrays(_numpy_array(tokens, pa.int32()), _numpy_array(self.input_ids, pa.int32())),
+             pa.ListArray.from_arrays(_numpy_array(tokens, pa.int32()), _numpy_array(self.loss_mask, pa.uint8())),
+             pa.ListArray.from_arrays(_numpy_array(documents, pa.int32()), _numpy_array(self.seq_lens, pa.int32())),
+             pa.ListArray.from_arrays(_numpy_array(documents, pa.int32()), _numpy_array(self.source_ids, pa.int64()))],
             schema=SCHEMA)
+
+
+def document_rows(documents: Sequence[Document]) -> RowColumns:
+    """A batch's documents, one row each."""
+    offsets = np.zeros(len(documents) + 1, dtype=np.int64)
+    np.cumsum([len(d.input_ids) for d in documents], out=offsets[1:])
+    each = np.arange(len(documents) + 1, dtype=np.int64)
+    if not documents:
+        return RowColumns(np.zeros(0, np.int32), np.zeros(0, np.uint8), offsets, np.zeros(0, np.int32),
+                          np.zeros(0, np.int64), each)
+    return RowColumns(np.concatenate([d.input_ids for d in documents]).astype(np.int32, copy=False),
+                      np.concatenate([d.loss_mask for d in documents]).astype(np.uint8, copy=False), offsets,
+                      np.diff(offsets).astype(np.int32), np.fromiter((d.source_id for d in documents), np.int64,
+                                                                     len(documents)), each)
+
+
+def trained_per_row(columns: RowColumns) -> np.ndarray:
+    """Each row's target tokens."""
+    cumulative = np.zeros(len(columns.loss_mask) + 1, dtype=np.int64)
+    np.cumsum(columns.loss_mask, out=cumulative[1:])
+    return cumulative[columns.token_offsets[1:]] - cumulative[columns.token_offsets[:-1]]
 
 
 def rows_to_batch(rows: Sequence[Row]) -> pa.RecordBatch:
@@ -147,15 +153,15 @@ class ShardWriter:
         if self._tokens >= self.shard_tokens:
             self._close_shard()
 
-    def write_documents(self, columns: DocumentColumns) -> None:
-        """A batch of documents, one row each, as one record batch (after the rows written before it)."""
-        if not len(columns.source_ids):
+    def write_rows(self, columns: RowColumns) -> None:
+        """Rows as one record batch, after the rows written before them."""
+        if not columns.rows:
             return
         self._flush_batch()
         self._open()
         self._writer.write_batch(columns.record_batch())
-        self._rows += len(columns.source_ids)
-        self._tokens += int(columns.offsets[-1])
+        self._rows += columns.rows
+        self._tokens += int(columns.token_offsets[-1])
         if self._tokens >= self.shard_tokens:
             self._close_shard()
 

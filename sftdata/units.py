@@ -28,14 +28,15 @@ from .config import BuildConfig
 from .manifest import ShardInfo
 from .packing import pack_arrays
 from .rejects import Reject
-from .shards import DocumentColumns, MappedShard, Row, ShardWriter, shard_columns
+from .shards import MappedShard, RowColumns, ShardWriter, shard_columns, trained_per_row
 from .sources import Unit
 from .storage import Folder
 from .timing import StageSeconds
 from .worker import BatchResult
 
 UNITS = ".units.tmp"  # the spills: gone once the build is finished, kept by a killed one for --resume
-ROWS_PER_RELEASE = 8  # packed rows between releases of the spills' pages: each document read maps 64 KB around it
+DOCUMENTS_PER_RELEASE = 256  # documents read between releases of the spills' pages: each maps 64 KB around it
+BATCH_ROWS = 1024  # rows of a shard's record batch (ShardWriter's default)
 NO_LIMIT = 1 << 62
 
 
@@ -80,11 +81,11 @@ class UnitCounts:
     seconds: StageSeconds = field(default_factory=StageSeconds)
 
     @classmethod
-    def of(cls, result: BatchResult, columns: DocumentColumns, trained: np.ndarray) -> UnitCounts:
-        """The counts of `result`, whose documents are `columns`, `trained` their target tokens each."""
+    def of(cls, result: BatchResult, columns: RowColumns, trained: np.ndarray) -> UnitCounts:
+        """The counts of `result`, whose documents are `columns` (one a row), `trained` their target tokens."""
         return cls(records=result.records, records_written=len(set(columns.source_ids.tolist())),
                    documents=len(columns.source_ids), rejected=len(result.rejects),
-                   tokens=int(columns.offsets[-1]), trained_tokens=int(trained.sum()), truncated=result.truncated,
+                   tokens=int(columns.token_offsets[-1]), trained_tokens=int(trained.sum()), truncated=result.truncated,
                    split_pieces=result.split_pieces,
                    comparator_template_not_found=result.comparator_template_not_found,
                    context_documents=result.context_documents, context_tokens=result.context_tokens,
@@ -163,9 +164,9 @@ class UnitSink:
     def add(self, result: BatchResult) -> UnitCounts:
         """A batch's documents to the spill, its rejects kept; returns what it counted."""
         columns = result.document_columns()
-        trained = columns.trained
-        self.spill.write_documents(columns)
-        self.lengths.append(columns.lengths)
+        trained = trained_per_row(columns)
+        self.spill.write_rows(columns)
+        self.lengths.append(columns.seq_lens)
         self.source_ids.append(columns.source_ids)
         self.trained.append(trained)
         self.rejects.extend(_reject_line(r) for r in result.rejects)
@@ -252,39 +253,57 @@ def plan_shards(lengths: np.ndarray, order: np.ndarray, offsets: np.ndarray, sha
 
 
 def write_shard(task: ShardTask, job: WriteJob) -> ShardInfo:
-    """One output shard from the spills of the units its documents come from (only those are opened)."""
+    """One output shard from the spills of the units its documents come from (only those are opened),
+    written BATCH_ROWS rows a record batch. Rows gather documents from all over the spills: the pages read
+    are let go every DOCUMENTS_PER_RELEASE documents, to keep memory flat."""
     units = Folder(job.units_dir)
     position = np.searchsorted(job.unit_starts, task.documents, side="right") - 1  # which unit, by position
-    spills: dict[int, list] = {}
+    local = (task.documents - job.unit_starts[position]).tolist()  # which document of that unit's spill
+    position, rows = position.tolist(), task.row_offsets.tolist()
+    spills: dict[int, _Spill] = {}
     writer = ShardWriter(Folder(job.out_dir, job.token), NO_LIMIT, first_index=task.index)
-    for r in range(len(task.row_offsets) - 1):
-        if r % ROWS_PER_RELEASE == 0:  # rows gather documents from all over the spills: keep memory flat
-            for shard, _ in spills.values():
-                shard.release()
-        pieces = []
-        for k in range(task.row_offsets[r], task.row_offsets[r + 1]):
-            p = int(position[k])
-            if p not in spills:
-                spills[p] = _spill_index(MappedShard(units.url(spill_name(int(job.unit_indices[p])))))
-            pieces.append(_document(spills[p][1], int(task.documents[k] - job.unit_starts[p])))
-        writer.write(Row(np.concatenate([x.input_ids for x in pieces]), np.concatenate([x.loss_mask for x in pieces]),
-                         np.concatenate([x.seq_lens for x in pieces]), np.concatenate([x.source_ids for x in pieces])))
+    for first in range(0, len(rows) - 1, BATCH_ROWS):
+        last = min(first + BATCH_ROWS, len(rows) - 1)
+        ids, mask, lengths, sources = [], [], [], []  # copied out of the spills, a chunk at a time
+        for at in range(rows[first], rows[last], DOCUMENTS_PER_RELEASE):
+            chunk_ids, chunk_mask = [], []  # views into the spills
+            for k in range(at, min(at + DOCUMENTS_PER_RELEASE, rows[last])):
+                p = position[k]
+                if p not in spills:
+                    spills[p] = _Spill(MappedShard(units.url(spill_name(int(job.unit_indices[p])))))
+                spills[p].gather(local[k], chunk_ids, chunk_mask, lengths, sources)
+            ids.append(np.concatenate(chunk_ids))  # read while the pages are there, then let go
+            mask.append(np.concatenate(chunk_mask))
+            for spill in spills.values():
+                spill.shard.release()
+        documents = np.asarray(rows[first : last + 1], dtype=np.int64) - rows[first]
+        seq_lens = np.asarray(lengths, dtype=np.int32)
+        tokens = np.zeros(len(seq_lens) + 1, dtype=np.int64)
+        np.cumsum(seq_lens, out=tokens[1:])
+        writer.write_rows(RowColumns(np.concatenate(ids), np.concatenate(mask), tokens[documents], seq_lens,
+                                     np.asarray(sources, dtype=np.int64), documents))
     (info,) = writer.close()
     return info
 
 
-def _spill_index(shard: MappedShard) -> tuple[MappedShard, tuple[list[int], list]]:
-    """The spill, and its record batches as columns with the number of their first document."""
-    firsts, batches = [], []
-    for columns in shard_columns(shard.table):
-        firsts.append(firsts[-1] + batches[-1].rows if batches else 0)
-        batches.append(columns)
-    return shard, (firsts, batches)
+class _Spill:
+    """A unit's spill (one document a row), its record batches as columns with their first documents."""
 
+    def __init__(self, shard: MappedShard):
+        self.shard, self.firsts, self.batches = shard, [], []
+        for columns in shard_columns(shard.table):
+            self.firsts.append(self.firsts[-1] + self.batches[-1].rows if self.batches else 0)
+            self.batches.append(columns)
 
-def _document(index: tuple[list[int], list], i: int) -> Row:
-    firsts, batches = index
-    k = bisect.bisect_right(firsts, i) - 1
-    if k >= 0 and i - firsts[k] < batches[k].rows:
-        return batches[k].row(i - firsts[k])
-    raise IndexError(f"document {i} is not in this spill")
+    def gather(self, i: int, ids: list, mask: list, lengths: list, sources: list) -> None:
+        """Document i's tokens, mask, length and source id, each appended to its list."""
+        k = bisect.bisect_right(self.firsts, i) - 1
+        if k < 0 or i - self.firsts[k] >= self.batches[k].rows:
+            raise IndexError(f"document {i} is not in this spill")
+        (id_at, mask_at, len_at, source_at), (id_values, mask_values, len_values, source_values) = \
+            self.batches[k].offsets, self.batches[k].values
+        j = i - self.firsts[k]
+        ids.append(id_values[id_at[j] : id_at[j + 1]])
+        mask.append(mask_values[mask_at[j] : mask_at[j + 1]])
+        lengths.append(len_values[len_at[j]])
+        sources.append(source_values[source_at[j]])

@@ -22,7 +22,7 @@ from .masking import make_document
 from .probe import probe_template
 from .records import Conversation, Document, Message, RawRecord, Rendered
 from .rejects import RecordError, Reject
-from .shards import DocumentColumns
+from .shards import RowColumns, document_rows
 from .sources import JsonLine
 from .turns import render_documents
 from .template import ChatTemplate
@@ -46,10 +46,11 @@ class BatchResult:
     seconds: StageSeconds = field(default_factory=StageSeconds)
     # the documents as columns instead (documents then empty): how a result travels between processes,
     # a few buffers to pickle where each document is an object of its own
-    columns: DocumentColumns | None = None
+    columns: RowColumns | None = None
 
-    def document_columns(self) -> DocumentColumns:
-        return self.columns if self.columns is not None else DocumentColumns.of(self.documents)
+    def document_columns(self) -> RowColumns:
+        """The documents, one row each."""
+        return self.columns if self.columns is not None else document_rows(self.documents)
 
     def for_transport(self) -> BatchResult:
         return replace(self, documents=[], columns=self.document_columns())
