@@ -55,19 +55,12 @@ def _numpy_array(values: np.ndarray, dtype: pa.DataType) -> pa.Array:
     return pa.Array.from_buffers(dtype, len(values), [None, pa.py_buffer(values)])
 
 
-def _list_array(chunks: list[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
-    offsets = np.zeros(len(chunks) + 1, dtype=np.int32)
-    np.cumsum([len(c) for c in chunks], out=offsets[1:])
-    values = np.concatenate(chunks) if chunks else np.zeros(0)
-    return pa.ListArray.from_arrays(_numpy_array(offsets, pa.int32()), _numpy_array(values, dtype))
-
-
 @dataclass(slots=True)
 class RowColumns:
     """Rows as columns: every row's tokens and masks end to end (`token_offsets`: where each row starts,
     and the end), every row's documents' lengths and source ids end to end (`document_offsets`). Built
     and written a record batch at a time, where a row at a time costs a few microseconds per document in
-    Python; the record batch is the one `rows_to_batch` makes of the same rows."""
+    Python."""
 
     input_ids: np.ndarray  # int32
     loss_mask: np.ndarray  # uint8
@@ -92,8 +85,7 @@ class RowColumns:
 
 def document_rows(documents: Sequence[Document]) -> RowColumns:
     """A batch's documents, one row each."""
-    offsets = np.zeros(len(documents) + 1, dtype=np.int64)
-    np.cumsum([len(d.input_ids) for d in documents], out=offsets[1:])
+    offsets = _offsets((len(d.input_ids) for d in documents), len(documents))
     each = np.arange(len(documents) + 1, dtype=np.int64)
     if not documents:
         return RowColumns(np.zeros(0, np.int32), np.zeros(0, np.uint8), offsets, np.zeros(0, np.int32),
@@ -111,16 +103,21 @@ def trained_per_row(columns: RowColumns) -> np.ndarray:
     return cumulative[columns.token_offsets[1:]] - cumulative[columns.token_offsets[:-1]]
 
 
-def rows_to_batch(rows: Sequence[Row]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays(
-        [
-            _list_array([np.asarray(r.input_ids, dtype=np.int32) for r in rows], pa.int32()),
-            _list_array([np.asarray(r.loss_mask, dtype=np.uint8) for r in rows], pa.uint8()),
-            _list_array([np.asarray(r.seq_lens, dtype=np.int32) for r in rows], pa.int32()),
-            _list_array([np.asarray(r.source_ids, dtype=np.int64) for r in rows], pa.int64()),
-        ],
-        schema=SCHEMA,
-    )
+def _offsets(sizes: Iterable[int], count: int) -> np.ndarray:
+    offsets = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(sizes, np.int64, count), out=offsets[1:])
+    return offsets
+
+
+def rows_to_columns(rows: Sequence[Row]) -> RowColumns:
+    if not rows:
+        return document_rows([])
+    return RowColumns(np.concatenate([np.asarray(r.input_ids, dtype=np.int32) for r in rows]),
+                      np.concatenate([np.asarray(r.loss_mask, dtype=np.uint8) for r in rows]),
+                      _offsets((len(r.input_ids) for r in rows), len(rows)),
+                      np.concatenate([np.asarray(r.seq_lens, dtype=np.int32) for r in rows]),
+                      np.concatenate([np.asarray(r.source_ids, dtype=np.int64) for r in rows]),
+                      _offsets((len(r.seq_lens) for r in rows), len(rows)))
 
 
 class ShardWriter:
@@ -177,7 +174,7 @@ class ShardWriter:
         if not self._pending:
             return
         self._open()
-        self._writer.write_batch(rows_to_batch(self._pending))
+        self._writer.write_batch(rows_to_columns(self._pending).record_batch())
         self._pending = []
 
     def _open(self) -> None:
