@@ -31,11 +31,12 @@ def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
             yield from _strings(v, where)
 
 
+TEXT_FIELDS = ("content", "reasoning", "name", "tool_call_id")  # a message's own strings (null content stays null)
+
+
 def _message_strings(m: Message) -> Iterator[tuple[str, str]]:
-    yield "content", m.content or ""  # null content stays null (formats.py)
-    yield "reasoning", m.reasoning or ""
-    yield "name", m.name or ""
-    yield "tool_call_id", m.tool_call_id or ""
+    for field in TEXT_FIELDS:
+        yield field, getattr(m, field) or ""
     for k, call in enumerate(m.tool_calls):
         yield f"tool call {k} name", call.name
         yield from _strings(call.arguments, f"tool call {k} arguments")
@@ -50,6 +51,10 @@ def record_strings(conv: Conversation) -> Iterator[tuple[str, str]]:
 
 
 def reject_special_text(conv: Conversation, pattern: re.Pattern) -> None:
+    if not (conv.tools or any(m.tool_calls for m in conv.messages)) and "\0" not in pattern.pattern:
+        # the common record, all its strings in one search: no token's text holds the NUL joining them
+        if pattern.search("\0".join([s for m in conv.messages for f in TEXT_FIELDS if (s := getattr(m, f))])) is None:
+            return
     for where, text in record_strings(conv):
         found = pattern.search(text)
         if found:
