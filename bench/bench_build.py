@@ -4,7 +4,7 @@
 The corpus is every conversation in ../shared/datasets (all formats), cycled to the requested size as
 one JSONL file per source. The floor is what cannot be avoided: rendering each conversation once with
 the chat template plus one batch encode with offsets by the tokenizers library, in one process (the
-build encodes with tiktoken where that gives the same ids: sftdata/bpe.py). When `trl` is installed, its own
+build encodes with tiktoken where that gives the same ids: sftdata/tiktoken_bpe.py). When `trl` is installed, its own
 SFT preparation of the same conversations (assistant-only loss, best-fit-decreasing packing, 2
 processes) is measured too. Every figure is measured in this run, each configuration in a fresh
 process, the configurations taking turns over several rounds (fastest run kept), and printed as a ratio
