@@ -275,7 +275,7 @@ def _record_pieces(docs: list[str], cuts: re.Pattern, pieces: list[str]) -> list
 def encode(rendered: list[Rendered], tok: ModelTokenizer, cuts: re.Pattern | None = None
            ) -> list[tokenizers.Encoding | np.ndarray]:
     """One batch encode of every plain rendering, with the GIL released: by tiktoken where it encodes
-    exactly as the tokenizer (bpe.py), into ids; by the tokenizer's own threads otherwise, into encodings.
+    exactly as the tokenizer (tiktoken_bpe.py), into ids; by the tokenizer's own threads otherwise, into encodings.
     With `cuts` (piece_cuts), what a record's documents share is encoded once. What follows, in
     `tokens_of`, is Python and runs where the rest of the Python work runs."""
     plain = [r for r in rendered if not r.literal]

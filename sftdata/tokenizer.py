@@ -31,7 +31,7 @@ class TokenizerError(Exception):
 @dataclass
 class ModelTokenizer:
     # the Rust tokenizer, or its JSON until something needs it: parsing Llama 3's holds the GIL for half
-    # a second, and a build whose documents tiktoken encodes (bpe.py) never needs it
+    # a second, and a build whose documents tiktoken encodes (tiktoken_bpe.py) never needs it
     backend_or_json: tokenizers.Tokenizer | str
     chat_template: str
     template_source: str  # where the template came from: the tokenizer's config, or a file
@@ -93,7 +93,7 @@ class ModelTokenizer:
 
     @cached_property
     def ranked(self) -> dict | None:
-        """What tiktoken needs to encode for this tokenizer (bpe.py), if it encodes exactly as this one:
+        """What tiktoken needs to encode for this tokenizer (tiktoken_bpe.py), if it encodes exactly as this one:
         the pre-tokenizer regex, the added tokens, the characters to leave to this tokenizer."""
         table = self.token_bytes
         pattern = ranked_pattern(json.loads(self.backend.to_str())) if table is not None else None
