@@ -161,8 +161,9 @@ class UnitSink:
         self.trained: list[np.ndarray] = []
         self.counts = UnitCounts()
 
-    def add(self, result: BatchResult) -> UnitCounts:
-        """A batch's documents to the spill, its rejects kept; returns what it counted."""
+    def add(self, result: BatchResult, read_seconds: float = 0.0) -> UnitCounts:
+        """A batch's documents to the spill, its rejects kept; returns what it counted (with the seconds
+        its records took to read)."""
         columns = result.document_columns()
         trained = trained_per_row(columns)
         self.spill.write_rows(columns)
@@ -171,6 +172,7 @@ class UnitSink:
         self.trained.append(trained)
         self.rejects.extend(_reject_line(r) for r in result.rejects)
         counts = UnitCounts.of(result, columns, trained)
+        counts.seconds["read"] += read_seconds
         self.counts.add(counts)
         return counts
 

@@ -234,9 +234,7 @@ class LocalExecutor:
                                   self.local, self.workers):
             unit, last, read_seconds = batches_of.popleft()
             sink = sink or UnitSink(job, unit)
-            counts = sink.add(result)
-            counts.seconds["read"] += read_seconds
-            progressed(counts)
+            progressed(sink.add(result, read_seconds))
             if last:
                 yield sink.close()
                 sink = None
