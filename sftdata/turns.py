@@ -234,6 +234,15 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
              if train and m.role == "assistant" and not is_empty_turn(m)]
     if not turns:
         return [whole]
+    appended = appended_prompts(template, tuple(tuple(sorted(mode.items())) for mode in facts.modes))
+    loop = whole.loop if len(whole.loop) == len(conv.messages) + 1 else None  # prefixes.py
+    if loop is not None and appended is not None and loop[-1] == len(whole.text):
+        # nothing follows the loop: the rendering through turn i, and the one before it, are the whole
+        # rendering up to where iterations i + 1 and i start; every turn is placed in it, its prompts in place
+        placed = {i: place_turn(facts, i, config.empty_reasoning, special_pattern, whole.text[: loop[i + 1]],
+                                [loop[i] + len(p) for p in appended if whole.text.startswith(p, loop[i], loop[i + 1])])
+                  for i in turns}
+        return [retarget(whole, placed, turns, config.train_eot, extra=False)]
     plain: list[dict] = []  # the messages as the template gets them, made when a rendering is needed
 
     def messages() -> list[dict]:
@@ -241,9 +250,9 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
         return plain
 
     # renderings of the conversation through a message: the whole rendering for the last message, one made
-    # for unrendered fields, or one made here (reused for the turn's own document)
+    # for unrendered fields, one read from the whole rendering (prefixes.py), or one made here (reused for
+    # the turn's own document)
     through: dict[int, RenderedText] = {}
-    loop = whole.loop if len(whole.loop) == len(conv.messages) + 1 else None  # prefixes.py
 
     def text_through(k: int, turn: int) -> str:
         if k == len(conv.messages) - 1:
@@ -260,21 +269,13 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
                 raise _render_error(turn, err) from None
         return through[k].text
 
-    appended = appended_prompts(template, tuple(tuple(sorted(mode.items())) for mode in facts.modes))
-    # where nothing follows the loop, the renderings through turn i and before it are the whole rendering
-    # up to where iterations i + 1 and i start: the prompts are found in place, without a copy
-    in_place = loop is not None and appended is not None and loop[-1] == len(whole.text)
     placed = {}
     for i in turns:
-        if in_place:
-            last, at = whole.text[: loop[i + 1]], loop[i]
-            fitting = [at + len(p) for p in appended if whole.text.startswith(p, at, len(last))]
-        else:
-            last = text_through(i, i)
-            prompts = (prompts_of(template, facts, messages(), conv.tools, i) if appended is None
-                       else {text_through(i - 1, i) + prompt for prompt in appended})
-            fitting = [len(p) for p in prompts if last.startswith(p)]
-        placed[i] = place_turn(facts, i, config.empty_reasoning, special_pattern, last, fitting)
+        last = text_through(i, i)
+        prompts = (prompts_of(template, facts, messages(), conv.tools, i) if appended is None
+                   else {text_through(i - 1, i) + prompt for prompt in appended})
+        placed[i] = place_turn(facts, i, config.empty_reasoning, special_pattern, last,
+                               [len(p) for p in prompts if last.startswith(p)])
     plan = plan_documents(whole.text, placed)
     in_whole = next((covered for host, covered in plan if host is None), [])
     documents = [retarget(whole, placed, in_whole, config.train_eot, extra=False)]

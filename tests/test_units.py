@@ -18,7 +18,8 @@ INPUTS = [DATA / "alpaca.json", DATA / "malformed.jsonl", DATA / "messages.jsonl
 
 
 def _same(a, b) -> bool:
-    return (a.source_id, a.input_index, a.format, repr(_data(a))) == (b.source_id, b.input_index, b.format, repr(_data(b)))
+    return ((a.source_id, a.input_index, a.format, repr(_data(a)))
+            == (b.source_id, b.input_index, b.format, repr(_data(b))))
 
 
 def _data(record):
