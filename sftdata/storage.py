@@ -99,7 +99,7 @@ LOCAL = LocalFiles()
 def filesystem(path: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem | LocalFiles, str]:
     """The filesystem holding `path`, and the path as that filesystem names it."""
     if not is_url(path):
-        return LOCAL, os.path.abspath(path)
+        return LOCAL, os.path.abspath(os.path.expanduser(path))
     import fsspec
 
     return fsspec.core.url_to_fs(str(path))

@@ -182,3 +182,27 @@ def test_the_inspect_commands_read_and_report_a_build_on_object_storage(s3, caps
     assert "⟦" in capsys.readouterr().out
     assert main(["report", out]) == 0
     assert main(["diff", out, out, "--color", "never"]) == 0
+
+
+def test_local_paths_are_answered_as_fsspec_answers_them(tmp_path, monkeypatch):
+    """storage.LocalFiles stands in for fsspec's local filesystem (not imported for local paths): the same
+    paths, the same answers, `~` and a dangling link included."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from sftdata.storage import filesystem
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "a.jsonl").write_text("{}\n")
+    (tmp_path / "d" / "e" / "b.json").write_text("[]")
+    (tmp_path / "d" / "dangling").symlink_to(tmp_path / "nowhere")
+    ours, theirs = filesystem("~/d")[0], LocalFileSystem()
+    assert filesystem("~/d")[1] == theirs._strip_protocol("~/d") == str(tmp_path / "d")
+    for name in ("d", "d/a.jsonl", "d/e", "d/dangling", "d/missing"):
+        path = str(tmp_path / name)
+        assert (ours.exists(path), ours.isdir(path)) == (theirs.exists(path), theirs.isdir(path)), name
+    path = str(tmp_path / "d" / "a.jsonl")
+    assert (ours.size(path), ours.cat_file(path)) == (theirs.size(path), theirs.cat_file(path))
+    folder = str(tmp_path / "d")
+    assert sorted(ours.ls(folder, detail=False)) == sorted(theirs.ls(folder, detail=False))
+    assert sorted(ours.find(folder)) == sorted(theirs.find(folder))
