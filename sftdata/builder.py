@@ -39,6 +39,7 @@ from .special_text import special_text_error
 from .split import held_out
 from .storage import Folder, public
 from .timing import StageSeconds
+from .tokenizer import ModelTokenizer
 from .units import (
     UNITS,
     UnitCounts,
@@ -47,11 +48,11 @@ from .units import (
     WriteJob,
     build_key,
     completed,
+    concatenated,
     plan_rows,
     plan_shards,
     rejects_name,
 )
-from .tokenizer import ModelTokenizer
 from .worker import Worker
 
 
@@ -69,6 +70,7 @@ class Progress:
     rejected: int = 0
     units_reused: int = 0  # units a resumed build took from the run it resumes
     started: float = field(default_factory=time.perf_counter)
+    phase: str = ""  # what the build does besides mapping batches, which it reports as they finish
 
 
 class _Tally:
@@ -129,15 +131,19 @@ def build(
     overwrite: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     resume: bool = False,
-    tokenizer: ModelTokenizer | None = None,
+    loaded_tokenizer: ModelTokenizer | None = None,
 ) -> Manifest:
     """Build `inputs` (local paths or URLs) into `out_dir` (a local path or a URL). With `resume`, the
     units a killed run of the same build finished are taken as they are (once their checksums match).
-    `tokenizer`: config.tokenizer as `load_tokenizer` loaded it, where the caller holds it already."""
+    `loaded_tokenizer`: `load_tokenizer(config.tokenizer, config.chat_template)`, where the caller holds
+    it already."""
     paths = [str(p) for p in inputs]
     if not paths:
         raise BuildError("no inputs given")
-    local = Worker(config, tokenizer)  # loads tokenizer and template: a problem with either stops the build here
+    if loaded_tokenizer is not None and loaded_tokenizer.name != config.tokenizer:
+        raise ValueError(f"the loaded tokenizer {loaded_tokenizer.name!r} is not the build's, {config.tokenizer!r}")
+    # loads tokenizer and template: a problem with either stops the build here
+    local = Worker(config, loaded_tokenizer)
     if config.special_text is SpecialText.REJECT and config.system_prompt:
         why = special_text_error(config.system_prompt, local.tokenizer.special_pattern)
         if why:  # a setting, not a record: refused once instead of rejecting every record
@@ -156,13 +162,21 @@ def _build(paths: list[str], claim: Claim, config: BuildConfig, local: Worker,
         if on_progress:
             on_progress(tally.progress)
 
+    def entered(phase: str) -> None:
+        tally.progress.phase = phase
+        if on_progress:
+            on_progress(tally.progress)
+
     with contextlib.closing(_executor(config, local)) as executor:
+        entered("reading where the inputs' records are")
         with tally.seconds.timing("plan"):
             plans = executor.plan(paths, config.format, config.unit_records)
         units = units_of(paths, plans)
         job = UnitJob(out.url(UNITS), build_key(config, local.tokenizer.fingerprint,
                                                 local.tokenizer.template_fingerprint), claim.token)
+        entered("checking the units a killed run finished" if resume else "")
         outcomes = _map(units, job, executor, tally, progressed, resume)
+        entered("writing shards")
         documents = _Documents.of(outcomes)
         held = (held_out(documents.source_ids, config.eval_fraction, config.eval_records, config.seed)
                 if config.holds_out else np.zeros(len(documents.lengths), dtype=bool))
@@ -226,11 +240,8 @@ class _Documents(NamedTuple):
 
     @classmethod
     def of(cls, outcomes: list[UnitOutcome]) -> _Documents:
-        def joined(column: str, dtype) -> np.ndarray:
-            parts = [getattr(o, column) for o in outcomes]
-            return np.concatenate(parts) if parts else np.zeros(0, dtype)
-
-        return cls(joined("lengths", np.int32), joined("source_ids", np.int64), joined("trained", np.int32))
+        return cls(*(concatenated([getattr(o, column) for o in outcomes], dtype)
+                     for column, dtype in (("lengths", np.int32), ("source_ids", np.int64), ("trained", np.int32))))
 
 
 def _write_split(executor, config: BuildConfig, out_dir: str, job: UnitJob, outcomes: list[UnitOutcome],

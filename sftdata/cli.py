@@ -76,23 +76,24 @@ def run_build(args) -> int:
     with Bar(*columns, console=console, disable=args.quiet, transient=False, auto_refresh=False) as bar:
         task = bar.add_task("loading tokenizer and template")
         bar.refresh()
-        drawn = 0.0
+        drawn, phase = 0.0, None
 
         def show(p):
-            nonlocal drawn
+            nonlocal drawn, phase
             now = time.perf_counter()
-            redraw = now - drawn >= REDRAW_SECONDS
-            drawn = now if redraw else drawn
+            redraw = now - drawn >= REDRAW_SECONDS or p.phase != phase  # a new phase shows at once
+            drawn, phase = (now, p.phase) if redraw else (drawn, phase)
             rate = p.tokens / max(now - p.started, 1e-9)
-            bar.update(task, description=f"{p.records:,} records  {p.documents:,} documents  "
-                                         f"{p.rejected:,} rejected  {p.tokens:,} tokens  {rate:,.0f} tokens/s",
+            counts = (f"{p.records:,} records  {p.documents:,} documents  {p.rejected:,} rejected  "
+                      f"{p.tokens:,} tokens  {rate:,.0f} tokens/s")
+            bar.update(task, description=f"{p.phase}  {counts}" if p.phase and p.records else p.phase or counts,
                        refresh=redraw)
 
         try:
             # loaded here, once, for the build and its report
             tokenizer = load_tokenizer(config.tokenizer, config.chat_template)
             manifest = build(args.inputs, args.out, config, overwrite=args.overwrite, on_progress=show,
-                             resume=args.resume, tokenizer=tokenizer)
+                             resume=args.resume, loaded_tokenizer=tokenizer)
         except (BuildError, OutDirError, InputError, TokenizerError, TemplateRenderError) as err:
             return _error(console, str(err))
         except OSError as err:  # disk full, permissions: the build removed its temporary files
@@ -168,8 +169,11 @@ def run() -> None:
     object at a time, what a build holds (the tokenizer's tables, its buffers): about 0.05 s of a build
     of 20,000 conversations. An exception still ends the process the usual way, with its traceback."""
     code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # the reader went away (`sftdata view ... | head`): nobody is left to tell
+        pass
     os._exit(code)
 
 

@@ -98,6 +98,9 @@ def prepare_worker_process() -> None:
 
 def _init_worker(config: BuildConfig, tokenizer: ModelTokenizer, parent: int) -> None:
     _die_with(parent)
+    # a forked process starts with this one's streams, which a progress display may have wrapped (rich
+    # redraws its bar around every write): a worker writes to the process's own streams
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     # Ctrl-C is the main process's to handle, once; it reaches this process blocked (`_submit`) until here
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
