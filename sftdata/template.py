@@ -113,18 +113,25 @@ class ChatTemplate:
         # the template writing where each message's iteration starts, where prefixes.py proves a prefix of
         # a conversation renders as a prefix of the whole, and span finding proves (by the sentinels around
         # every field) that no mark in the rendering came from the messages
-        self._marked, self.prefix_refusal = None, self.passthrough_refusal
-        if self.prefix_refusal is None:
-            at, self.prefix_refusal = message_loop(self.syntax)
+        self._marked, self._prefix_refusal = None, self.passthrough_refusal
+        if self._prefix_refusal is None:
+            at, self._prefix_refusal = message_loop(self.syntax)
             if at is not None:
                 self._marked = env.from_string(with_loop_marks(env.parse(source), at))
+
+    @property
+    def prefix_refusal(self) -> str | None:
+        """None where the template is proven to render a conversation's prefixes as prefixes of its
+        rendering of the whole (and renderings can say where each message's iteration starts); else why not."""
+        return self._prefix_refusal
 
     def render(self, messages: list[dict], tools: Any = None, add_generation_prompt: bool = False,
                mode: dict | None = None, loop_marks: bool = False) -> RenderedText:
         """`mode`: template variables a caller of apply_chat_template may pass (`enable_thinking=False`).
         `loop_marks`: also say where each message's loop iteration starts, where the template is proven to
-        render prefixes as prefixes (`prefix_refusal` is None). The caller must check that no message held
-        the marks' characters (the sentinels of span finding do): they are taken out of the text."""
+        render prefixes as prefixes (`prefix_refusal` is None). The marks are taken out of the text: the
+        caller must check that no message held their characters (the sentinels of span finding do), where
+        a count that does not fit does not already say so."""
         variables = {**self.base_context, **(mode or {}), "messages": messages, "tools": tools,
                      "add_generation_prompt": add_generation_prompt}
         try:
@@ -139,19 +146,21 @@ class ChatTemplate:
         except Exception as err:  # a template can fail like any program: a bad key, a type error
             raise TemplateRenderError(f"{type(err).__name__}: {err}") from err
         if template is self._marked:
-            return _loop_positions(marked, len(messages))
+            # marks that do not fit (a loop ended early, or a mark's character in what the messages hold):
+            # the rendering as is, rather than one with characters taken out of it
+            return _loop_positions(marked, len(messages)) or self.render(messages, tools, add_generation_prompt, mode)
         if not self.has_generation_blocks:
             return RenderedText(marked, ())
         return RenderedText(*strip_generation_markers(marked))
 
 
-def _loop_positions(marked: str, messages: int) -> RenderedText:
-    """The rendering without its loop marks, and where they were: known only if the loop ran once per
-    message (a `{% break %}` can end it early)."""
+def _loop_positions(marked: str, messages: int) -> RenderedText | None:
+    """The rendering without its loop marks, and where they were; None unless the marks are exactly one
+    per message, then one at the end."""
     body, _, after = marked.rpartition(END_MARK)
     parts = body.split(LOOP_MARK)
-    if len(parts) != messages + 1 or END_MARK in body or END_MARK not in marked:
-        return RenderedText(marked.replace(LOOP_MARK, "").replace(END_MARK, ""), ())
+    if len(parts) != messages + 1 or END_MARK in body or END_MARK not in marked or LOOP_MARK in after:
+        return None
     loop = tuple(itertools.accumulate(map(len, parts)))
     return RenderedText("".join(parts) + after, (), loop)
 

@@ -235,7 +235,7 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
     if not turns:
         return [whole]
     appended = appended_prompts(template, tuple(tuple(sorted(mode.items())) for mode in facts.modes))
-    loop = whole.loop if len(whole.loop) == len(conv.messages) + 1 else None  # prefixes.py
+    loop = whole.loop or None  # where each message's loop iteration starts, if proven (prefixes.py)
     if loop is not None and appended is not None and loop[-1] == len(whole.text):
         # nothing follows the loop: the rendering through turn i, and the one before it, are the whole
         # rendering up to where iterations i + 1 and i start; every turn is placed in it, its prompts in place
@@ -243,11 +243,11 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
                                 [loop[i] + len(p) for p in appended if whole.text.startswith(p, loop[i], loop[i + 1])])
                   for i in turns}
         return [retarget(whole, placed, turns, config.train_eot, extra=False)]
-    plain: list[dict] = []  # the messages as the template gets them, made when a rendering is needed
+    as_given: list[dict] = []  # the messages as the template gets them, made when a rendering is needed
 
     def messages() -> list[dict]:
-        plain[:] = plain or template_messages(conv.messages, developer=template_role(template))
-        return plain
+        as_given[:] = as_given or template_messages(conv.messages, developer=template_role(template))
+        return as_given
 
     # renderings of the conversation through a message: the whole rendering for the last message, one made
     # for unrendered fields, one read from the whole rendering (prefixes.py), or one made here (reused for

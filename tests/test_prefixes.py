@@ -4,6 +4,7 @@ the renderings of prefixes read from one rendering (where each message's loop it
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -194,29 +195,60 @@ def test_a_template_read_by_two_renderings_has_no_loop_marks():
     assert template.render([{"role": "user", "content": "x"}], loop_marks=True).loop == ()
 
 
-def test_a_field_the_whole_rendering_leaves_out_is_left_out_of_every_prefix_without_rendering_them():
-    """What a template rendering prefixes as prefixes leaves out of the whole conversation, it leaves out
-    of the conversation up to that message too: the record is rejected from the one rendering."""
-    template = ChatTemplate(CHATML, {})
-    facts = probe_template(template, None)
-    call = ToolCall("lookup", {"q": "x"})
-    conv = Conversation(0, (Message("user", "hi"), Message("assistant", "", tool_calls=(call,)),
-                            Message("tool", "42"), Message("assistant", "done")))
-    renders = []
-    render = template.render
+def _rejected_and_renders(template: ChatTemplate, conv: Conversation) -> tuple[RecordError, list[int]]:
+    """How render_documents rejects `conv`, and the length of every conversation it rendered for that."""
+    facts, renders, render = probe_template(template, None), [], template.render
 
-    def counted(*args, **kwargs):
-        renders.append(len(args[0]))
-        return render(*args, **kwargs)
+    def counted(messages, *args, **kwargs):
+        renders.append(len(messages))
+        return render(messages, *args, **kwargs)
 
     template.render = counted
     with pytest.raises(RecordError) as rejected:
         render_documents(conv, template, facts, BuildConfig(tokenizer="unused"), None)
-    assert rejected.value.reason is Reason.UNRENDERED_FIELD
-    assert "does not render message 1 tool_call" in rejected.value.detail
+    return rejected.value, renders
+
+
+def test_a_field_the_whole_rendering_leaves_out_is_left_out_of_every_prefix_without_rendering_them():
+    """What a template rendering prefixes as prefixes leaves out of the whole conversation, it leaves out
+    of the conversation up to that message too: the record is rejected from the one rendering."""
+    call = ToolCall("lookup", {"q": "x"})
+    conv = Conversation(0, (Message("user", "hi"), Message("assistant", "", tool_calls=(call,)),
+                            Message("tool", "42"), Message("assistant", "done")))
+    proven, renders = _rejected_and_renders(ChatTemplate(CHATML, {}), conv)
+    assert proven.reason is Reason.UNRENDERED_FIELD and "does not render message 1 tool_call" in proven.detail
     assert renders == [4, 4]  # the whole conversation, with sentinels and as is: no prefix of it
-    template.prefix_refusal = "as if not proven"
-    renders.clear()
-    with pytest.raises(RecordError) as again:
-        render_documents(conv, template, facts, BuildConfig(tokenizer="unused"), None)
-    assert again.value.detail == rejected.value.detail and renders == [4, 4, 2, 2]
+    # the same template, reading the messages after its loop (where it writes nothing): not proven
+    unproven = ChatTemplate(CHATML + "{% if false %}{{ messages | length }}{% endif %}", {})
+    assert unproven.prefix_refusal is not None
+    again, renders = _rejected_and_renders(unproven, conv)
+    assert again.detail == proven.detail and renders == [4, 4, 2, 2]  # and the conversation up to message 1
+
+
+def _documents_or_reject(conv: Conversation, template: ChatTemplate, facts, config: BuildConfig):
+    try:
+        return [replace(d, loop=()) for d in render_documents(conv, template, facts, config, None)]
+    except RecordError as err:
+        return err.reason, err.detail
+
+
+@requires_shared
+@pytest.mark.parametrize("unrendered", ["reject", "drop"])
+def test_what_the_proof_reads_from_one_rendering_equals_what_rendering_the_prefixes_gives(unrendered):
+    """Every record's documents, or its reject, with the prefix proof and without it (the same template,
+    reading the messages where it writes nothing), on the shared chats and tool calls with Llama 3."""
+    config_json = json.loads((SHARED / "tokenizers" / "llama3_1" / "tokenizer_config.json").read_text())
+    tokens = {"bos_token": config_json["bos_token"]}
+    proven = ChatTemplate(config_json["chat_template"], tokens)
+    unproven = ChatTemplate("{% if false %}{{ messages | length }}{% endif %}" + config_json["chat_template"], tokens)
+    assert proven.prefix_refusal is None and unproven.prefix_refusal is not None
+    config = BuildConfig(tokenizer="unused", unrendered=unrendered)
+    facts = probe_template(proven, None)
+    records = read_inputs([SHARED / "datasets" / name for name in ("dummy_conversation.json",
+                                                                    "glaive_toolcall_en_demo.json")])
+    compared = 0
+    for record in records:
+        conv = to_conversation(record.data, record.source_id, record.format)
+        assert _documents_or_reject(conv, proven, facts, config) == _documents_or_reject(conv, unproven, facts, config)
+        compared += 1
+    assert compared == 800
