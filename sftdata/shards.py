@@ -96,11 +96,11 @@ def document_rows(documents: Sequence[Document]) -> RowColumns:
                                                                      len(documents)), each)
 
 
-def trained_per_row(columns: RowColumns) -> np.ndarray:
-    """Each row's target tokens."""
-    cumulative = np.zeros(len(columns.loss_mask) + 1, dtype=np.int64)
-    np.cumsum(columns.loss_mask, out=cumulative[1:])
-    return cumulative[columns.token_offsets[1:]] - cumulative[columns.token_offsets[:-1]]
+def targets_per_row(loss_mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Each row's target tokens, row r being loss_mask[offsets[r] : offsets[r + 1]] (an empty row: 0)."""
+    cumulative = np.zeros(len(loss_mask) + 1, dtype=np.int64)
+    np.cumsum(loss_mask, out=cumulative[1:])
+    return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
 
 
 def _offsets(sizes: Iterable[int], count: int) -> np.ndarray:
@@ -123,9 +123,10 @@ def rows_to_columns(rows: Sequence[Row]) -> RowColumns:
 class ShardWriter:
     """Writes rows into numbered shards, each made visible only when complete (temp file + rename).
 
-    A shard closes once it holds `shard_tokens` tokens; rows are written in record batches of
-    `batch_rows` so a reader can stream a shard without loading it whole. Temporary names are the
-    folder's (a build's Folder carries its token).
+    A shard closes once it holds `shard_tokens` tokens. Rows given one at a time (`write`) are written in
+    record batches of `batch_rows`, so a reader can stream a shard without loading it whole; `write_rows`
+    writes the rows it is given as one record batch (its callers make them `batch_rows` or fewer).
+    Temporary names are the folder's (a build's Folder carries its token).
     """
 
     def __init__(self, out_dir: str | os.PathLike | Folder, shard_tokens: int, batch_rows: int = 1024,

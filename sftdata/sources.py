@@ -71,6 +71,11 @@ class JsonLine:
                                f"{sys.getrecursionlimit()} levels")
 
 
+def as_parsed(data: Any) -> Any:
+    """A record's data as parsed: a JsonLine parsed now, anything else as it is."""
+    return data.parse() if isinstance(data, JsonLine) else data
+
+
 def _json_lines(path: str, lines: Iterable[bytes], first_line: int = 1) -> Iterator[JsonLine]:
     """The lines that hold something (a record, or not JSON), numbered from `first_line`."""
     name = _name(path)
@@ -365,8 +370,8 @@ def read_unit(unit: Unit, parsed: bool = True) -> Iterator[RawRecord]:
         if unit.start + i >= unit.format_from:
             yield RawRecord(unit.first_source_id + i, unit.input_index, fmt, data)
         else:
-            data = data.parse() if isinstance(data, JsonLine) else data
-            yield RawRecord(unit.first_source_id + i, unit.input_index, InputFormat.MESSAGES, _before_format(data))
+            yield RawRecord(unit.first_source_id + i, unit.input_index, InputFormat.MESSAGES,
+                            _before_format(as_parsed(data)))
 
 
 def _before_format(data: Any) -> Any:

@@ -9,6 +9,7 @@ them spelled one character differently: the matches whose text changed are the r
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import replace
 from typing import Any, Callable, Iterator
@@ -31,12 +32,12 @@ def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
             yield from _strings(v, where)
 
 
-TEXT_FIELDS = ("content", "reasoning", "name", "tool_call_id")  # a message's own strings (null content stays null)
+TEXT_FIELDS = ("content", "reasoning", "name", "tool_call_id")  # a message's own strings
 
 
 def _message_strings(m: Message) -> Iterator[tuple[str, str]]:
     for field in TEXT_FIELDS:
-        yield field, getattr(m, field) or ""
+        yield field, getattr(m, field) or ""  # a null (content stays null: formats.py) holds no text
     for k, call in enumerate(m.tool_calls):
         yield f"tool call {k} name", call.name
         yield from _strings(call.arguments, f"tool call {k} arguments")
@@ -50,8 +51,13 @@ def record_strings(conv: Conversation) -> Iterator[tuple[str, str]]:
     yield from _strings(conv.tools or (), "tools")
 
 
+@functools.lru_cache(maxsize=8)
+def _spells_nul(pattern: re.Pattern) -> bool:
+    return "\0" in pattern.pattern
+
+
 def reject_special_text(conv: Conversation, pattern: re.Pattern) -> None:
-    if not (conv.tools or any(m.tool_calls for m in conv.messages)) and "\0" not in pattern.pattern:
+    if not (conv.tools or any(m.tool_calls for m in conv.messages)) and not _spells_nul(pattern):
         # the common record, all its strings in one search: no token's text holds the NUL joining them
         if pattern.search("\0".join([s for m in conv.messages for f in TEXT_FIELDS if (s := getattr(m, f))])) is None:
             return

@@ -28,7 +28,7 @@ from .config import BuildConfig
 from .manifest import ShardInfo
 from .packing import pack_arrays
 from .rejects import Reject
-from .shards import MappedShard, RowColumns, ShardWriter, shard_columns, trained_per_row
+from .shards import MappedShard, RowColumns, ShardWriter, shard_columns, targets_per_row
 from .sources import Unit
 from .storage import Folder
 from .timing import StageSeconds
@@ -36,7 +36,6 @@ from .worker import BatchResult
 
 UNITS = ".units.tmp"  # the spills: gone once the build is finished, kept by a killed one for --resume
 DOCUMENTS_PER_RELEASE = 256  # documents read between releases of the spills' pages: each maps 64 KB around it
-BATCH_ROWS = 1024  # rows of a shard's record batch (ShardWriter's default)
 NO_LIMIT = 1 << 62
 
 
@@ -165,7 +164,7 @@ class UnitSink:
         """A batch's documents to the spill, its rejects kept; returns what it counted (with the seconds
         its records took to read)."""
         columns = result.document_columns()
-        trained = trained_per_row(columns)
+        trained = targets_per_row(columns.loss_mask, columns.token_offsets)
         self.spill.write_rows(columns)
         self.lengths.append(columns.seq_lens)
         self.source_ids.append(columns.source_ids)
@@ -181,12 +180,13 @@ class UnitSink:
         rejects_sha = self.folder.write_bytes(rejects_name(self.unit.index), "".join(self.rejects).encode("utf-8"))
         record = UnitRecord(self.unit, self.job.key, self.counts, spilled[0].sha256 if spilled else None, rejects_sha)
         self.folder.write_bytes(record_name(self.unit.index), json.dumps(record.to_json()).encode("utf-8"))
-        return UnitOutcome(record, _joined(self.lengths, np.int32), _joined(self.source_ids, np.int64),
-                           _joined(self.trained, np.int32))
+        return UnitOutcome(record, concatenated(self.lengths, np.int32), concatenated(self.source_ids, np.int64),
+                           concatenated(self.trained, np.int32))
 
 
-def _joined(parts: list[np.ndarray], dtype) -> np.ndarray:
-    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+def concatenated(parts: list[np.ndarray], dtype) -> np.ndarray:
+    """The parts end to end (none: an empty array), as `dtype`."""
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
 def _reject_line(reject: Reject) -> str:
@@ -209,10 +209,9 @@ def completed(job: UnitJob, unit: Unit) -> UnitOutcome | None:
     if not folder.exists(spill_name(unit.index)) or folder.sha256(spill_name(unit.index)) != record.spill_sha256:
         return None
     batches = list(shard_columns(MappedShard(folder.url(spill_name(unit.index))).table))
-    return UnitOutcome(record, np.concatenate([np.diff(c.offsets[0]) for c in batches]).astype(np.int32),
-                       np.concatenate([c.values[3] for c in batches]).astype(np.int64),
-                       np.concatenate([np.add.reduceat(c.values[1], c.offsets[1][:-1], dtype=np.int64)
-                                       for c in batches]).astype(np.int32))
+    return UnitOutcome(record, concatenated([np.diff(c.offsets[0]) for c in batches], np.int32),
+                       concatenated([c.values[3] for c in batches], np.int64),
+                       concatenated([targets_per_row(c.values[1], c.offsets[1]) for c in batches], np.int32))
 
 
 class ShardTask(NamedTuple):
@@ -256,7 +255,7 @@ def plan_shards(lengths: np.ndarray, order: np.ndarray, offsets: np.ndarray, sha
 
 def write_shard(task: ShardTask, job: WriteJob) -> ShardInfo:
     """One output shard from the spills of the units its documents come from (only those are opened),
-    written BATCH_ROWS rows a record batch. Rows gather documents from all over the spills: the pages read
+    written the writer's `batch_rows` rows a record batch. Rows gather documents from all over the spills: the pages read
     are let go every DOCUMENTS_PER_RELEASE documents, to keep memory flat."""
     units = Folder(job.units_dir)
     position = np.searchsorted(job.unit_starts, task.documents, side="right") - 1  # which unit, by position
@@ -264,8 +263,8 @@ def write_shard(task: ShardTask, job: WriteJob) -> ShardInfo:
     position, rows = position.tolist(), task.row_offsets.tolist()
     spills: dict[int, _Spill] = {}
     writer = ShardWriter(Folder(job.out_dir, job.token), NO_LIMIT, first_index=task.index)
-    for first in range(0, len(rows) - 1, BATCH_ROWS):
-        last = min(first + BATCH_ROWS, len(rows) - 1)
+    for first in range(0, len(rows) - 1, writer.batch_rows):
+        last = min(first + writer.batch_rows, len(rows) - 1)
         ids, mask, lengths, sources = [], [], [], []  # copied out of the spills, a chunk at a time
         for at in range(rows[first], rows[last], DOCUMENTS_PER_RELEASE):
             chunk_ids, chunk_mask = [], []  # views into the spills

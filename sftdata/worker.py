@@ -23,7 +23,7 @@ from .probe import probe_template
 from .records import Conversation, Document, Message, RawRecord, Rendered
 from .rejects import RecordError, Reject
 from .shards import RowColumns, document_rows
-from .sources import JsonLine
+from .sources import as_parsed
 from .turns import render_documents
 from .template import ChatTemplate
 from .timing import StageSeconds
@@ -87,7 +87,7 @@ class Worker:
         return piece_cuts(self.tokenizer)
 
     def conversation(self, record: RawRecord) -> Conversation:
-        data = record.data.parse() if isinstance(record.data, JsonLine) else record.data
+        data = as_parsed(record.data)
         if isinstance(data, RecordError):
             raise data
         conv = to_conversation(data, record.source_id, record.format)

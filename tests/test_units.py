@@ -1,16 +1,20 @@
 """Units of input: planned from positions in the files alone, read independently, together exactly the
 records `read_inputs` gives, for every kind of input."""
 
+import functools
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sftdata.config import InputFormat
-from sftdata.sources import JsonLine, plan_file, read_inputs, read_unit, units_of
+import sftdata.units as units
+from sftdata.builder import build
+from sftdata.config import BuildConfig, InputFormat
+from sftdata.shards import ShardWriter, iter_rows, open_build
+from sftdata.sources import as_parsed, plan_file, read_inputs, read_unit, units_of
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, fixture_tokenizer
 
 DATA = FIXTURES / "data"
 INPUTS = [DATA / "alpaca.json", DATA / "malformed.jsonl", DATA / "messages.jsonl", DATA / "sharegpt.json",
@@ -18,13 +22,10 @@ INPUTS = [DATA / "alpaca.json", DATA / "malformed.jsonl", DATA / "messages.jsonl
 
 
 def _same(a, b) -> bool:
-    return ((a.source_id, a.input_index, a.format, repr(_data(a)))
-            == (b.source_id, b.input_index, b.format, repr(_data(b))))
+    return ((a.source_id, a.input_index, a.format, repr(as_parsed(a.data)))
+            == (b.source_id, b.input_index, b.format, repr(as_parsed(b.data))))
 
 
-def _data(record):
-    """The record as parsed: a line read for parsing later (read_unit's `parsed=False`) parsed now."""
-    return record.data.parse() if isinstance(record.data, JsonLine) else record.data
 
 
 def _units(paths, unit_records, fmt=InputFormat.AUTO):
@@ -73,3 +74,24 @@ def test_a_file_whose_first_records_are_malformed_takes_its_format_from_the_firs
     assert [u.format_from for u in units] == [2] * 4
     assert [r.format for u in units for r in read_unit(u)] == [InputFormat.MESSAGES] * 2 + [InputFormat.ALPACA] * 2
     assert [r.format for r in read_inputs([path])] == [InputFormat.MESSAGES] * 2 + [InputFormat.ALPACA] * 2
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_shards_are_the_same_however_their_documents_are_gathered(tmp_path, monkeypatch, pack):
+    """write_shard copies documents out of the spills DOCUMENTS_PER_RELEASE at a time and writes the
+    writer's `batch_rows` rows a record batch: pieces that end inside a row or a batch change nothing."""
+    config = BuildConfig(tokenizer=fixture_tokenizer("chatml-bpe"), workers=1, pack=pack, max_length=128)
+    base = build(INPUTS, tmp_path / "base", config)
+    monkeypatch.setattr(units, "DOCUMENTS_PER_RELEASE", 3)
+    copied = build(INPUTS, tmp_path / "copied", config)
+    assert [s.sha256 for s in copied.shards] == [s.sha256 for s in base.shards]
+    monkeypatch.setattr(units, "ShardWriter", functools.partial(ShardWriter, batch_rows=2))
+    batched = build(INPUTS, tmp_path / "batched", config)
+
+    def rows(out):
+        return [[r.input_ids.tolist(), r.loss_mask.tolist(), r.seq_lens.tolist(), r.source_ids.tolist()]
+                for table in open_build(out)[1] for r in iter_rows(table)]
+
+    assert rows(tmp_path / "batched") == rows(tmp_path / "base") and base.counts.rows > 4
+    stream = pa.ipc.open_stream(pa.memory_map(str(tmp_path / "batched" / batched.shards[0].name)))
+    assert max(batch.num_rows for batch in stream) == 2
