@@ -30,9 +30,10 @@ class TokenizerError(Exception):
 
 @dataclass
 class ModelTokenizer:
-    # the Rust tokenizer, or its JSON until something needs it: parsing Llama 3's holds the GIL for half
-    # a second, and a build whose documents tiktoken encodes (tiktoken_bpe.py) never needs it
-    backend_or_json: tokenizers.Tokenizer | str
+    # the Rust tokenizer, or its JSON as UTF-8 bytes until something needs it: parsing Llama 3's holds the
+    # GIL for half a second, and a build whose documents tiktoken encodes (tiktoken_bpe.py) never needs
+    # it (bytes, as a cache entry holds them: decoding them to text would cost 30 ms)
+    backend_or_json: tokenizers.Tokenizer | bytes
     chat_template: str
     template_source: str  # where the template came from: the tokenizer's config, or a file
     special_tokens_map: dict[str, str]  # bos_token, eos_token, ... as the template sees them
@@ -45,8 +46,8 @@ class ModelTokenizer:
 
     @property
     def backend(self) -> tokenizers.Tokenizer:
-        if isinstance(self.backend_or_json, str):
-            self.backend_or_json = tokenizers.Tokenizer.from_str(self.backend_or_json)
+        if isinstance(self.backend_or_json, bytes):
+            self.backend_or_json = tokenizers.Tokenizer.from_buffer(self.backend_or_json)
         return self.backend_or_json
 
     @cached_property
@@ -106,14 +107,20 @@ class ModelTokenizer:
     @cached_property
     def ranked_encoder(self) -> RankedEncoder | None:
         """tiktoken over this vocabulary where `ranked` allows it (not pickled: each process builds its
-        own, in a tenth of a second)."""
-        return _ranked_encoder(self.ranked, self.token_bytes) if self.ranked is not None else None
+        own, in a tenth of a second, or finds the one it built last: `_LAST_ENCODER`)."""
+        if self.ranked is None:
+            return None
+        encoder = _LAST_ENCODER.get(self.fingerprint)
+        if encoder is None:
+            _LAST_ENCODER.clear()
+            encoder = _LAST_ENCODER[self.fingerprint] = _ranked_encoder(self.ranked, self.token_bytes)
+        return encoder
 
     def __getstate__(self) -> dict:
         # the tokenizer travels as its JSON (as tokenizers pickles it anyway), to be parsed only if used
         state = {k: v for k, v in self.__dict__.items() if k not in ("ranked_encoder", "literal_backend")}
-        if not isinstance(self.backend_or_json, str):
-            state["backend_or_json"] = self.backend_or_json.to_str()
+        if not isinstance(self.backend_or_json, bytes):
+            state["backend_or_json"] = self.backend_or_json.to_str().encode("utf-8")
         return state
 
     @cached_property
@@ -128,8 +135,11 @@ class ModelTokenizer:
         return copy
 
     def to_json(self) -> dict:
-        backend = self.backend_or_json if isinstance(self.backend_or_json, str) else self.backend.to_str()
-        self.__dict__.setdefault("fingerprint", _sha256(backend))  # one serialization serves both
+        """A cache entry's content (`_write_entry`): JSON values, and the tokenizer's JSON as UTF-8 bytes."""
+        backend = self.backend_or_json
+        if not isinstance(backend, bytes):
+            backend = backend.to_str().encode("utf-8")
+        self.__dict__.setdefault("fingerprint", hashlib.sha256(backend).hexdigest())  # one serialization serves both
         table = self.token_bytes
         return {"backend": backend, "fingerprint": self.fingerprint,
                 "token_bytes": table.to_json() if table is not None else None, "ranked": self.ranked,
@@ -154,6 +164,11 @@ class ModelTokenizer:
         return TokenizerInfo(name=self.name, fingerprint=self.fingerprint, vocab_size=self.vocab_size,
                              prefix_ids=list(self.prefix_ids), special_tokens=dict(self.special_tokens_map))
 
+
+# tiktoken's tables for the tokenizer (by fingerprint) whose encoder this process built last, kept for the
+# process's life (35 MB for Llama 3): a process building with it again (the Python API, the benchmark, the
+# tests) does not build them again, and the command exits without the 25 ms that freeing them takes
+_LAST_ENCODER: dict[str, RankedEncoder] = {}
 
 # text of every kind a template renders: words, spaces and newlines, numbers, accents, CJK, an emoji
 _SPELLING_PROBE = "Hello, world!\n\n  two  spaces\tand 12345 caf\u00e9 \u65e5\u672c\u8a9e \U0001f642 end.\n"
@@ -205,11 +220,12 @@ def _write_entry(path: Path, data: dict) -> None:
     """A cache entry: one line of JSON, then the tokenizer's own JSON as it is (escaped inside the first,
     its megabytes cost a tenth of a second to parse at every load)."""
     meta = {k: v for k, v in data.items() if k != "backend"}
-    path.write_text(json.dumps(meta) + "\n" + data["backend"], encoding="utf-8")
+    path.write_bytes(json.dumps(meta).encode("utf-8") + b"\n" + data["backend"])
 
 
 def _read_entry(path: Path) -> dict:
-    meta, _, backend = path.read_text(encoding="utf-8").partition("\n")
+    """`_write_entry`'s dict, the tokenizer's JSON left as bytes (ModelTokenizer.backend_or_json)."""
+    meta, _, backend = path.read_bytes().partition(b"\n")
     return json.loads(meta) | {"backend": backend}
 
 

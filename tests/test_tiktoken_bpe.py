@@ -11,7 +11,7 @@ import pytest
 from sftdata.encoding import encode, tokenize
 from sftdata.records import Rendered
 from sftdata.tiktoken_bpe import _probe_disagreements, ranked_pattern
-from sftdata.tokenizer import _ranked_encoder, load_tokenizer
+from sftdata.tokenizer import _ranked_encoder, load_tokenizer, tokenizer_fingerprint
 
 from .conftest import fixture_tokenizer, requires_shared, shared_tokenizer
 from .traps import SPELLING_TEXTS
@@ -120,11 +120,11 @@ def test_the_probe_finds_characters_the_engines_split_differently(ranked_tok):
 def test_pickled_for_a_worker_it_travels_without_the_parsed_tokenizer_or_the_encoder(ranked_tok):
     ranked_tok.ranked_encoder  # built here
     copy_ = pickle.loads(pickle.dumps(ranked_tok))
-    assert isinstance(copy_.backend_or_json, str) and "ranked_encoder" not in copy_.__dict__
+    assert isinstance(copy_.backend_or_json, bytes) and "ranked_encoder" not in copy_.__dict__
     texts = TRICKY
     assert [t.ids.tolist() for t in tokenize(rendered(texts), copy_)] == [
         t.ids.tolist() for t in tokenize(rendered(texts), ranked_tok)]
-    assert isinstance(copy_.backend_or_json, str), "tiktoken encoded them all: the tokenizer was never parsed"
+    assert isinstance(copy_.backend_or_json, bytes), "tiktoken encoded them all: the tokenizer was never parsed"
 
 
 @requires_shared
@@ -143,3 +143,25 @@ def test_llama3_ids_from_tiktoken_equal_the_tokenizers_on_the_shared_conversatio
     assert sum(isinstance(e, np.ndarray) for e in ours) == len(texts), "all of them go to tiktoken"
     theirs = tok.backend.encode_batch_fast(texts, add_special_tokens=False)
     assert [a.tolist() for a in ours] == [b.ids for b in theirs]
+
+
+def test_a_process_builds_tiktokens_tables_once_for_the_tokenizer_it_builds_with(ranked_tok):
+    """Loaded again (a second build in one process), the same tokenizer finds the encoder built for it;
+    another tokenizer (another fingerprint) gets its own, and the first is then built afresh."""
+    first = load_tokenizer(ranked_tok.name).ranked_encoder
+    again = load_tokenizer(ranked_tok.name)
+    assert again.ranked_encoder is first
+    other = load_tokenizer(ranked_tok.name)
+    other.__dict__["fingerprint"] = "another tokenizer's"  # what the cache of encoders is keyed by
+    assert other.ranked_encoder is not None and other.ranked_encoder is not first
+    assert load_tokenizer(ranked_tok.name).ranked_encoder is not first
+    text = "<|begin_of_text|>hello"
+    assert (load_tokenizer(ranked_tok.name).ranked_encoder.encode(text).tolist()
+            == ranked_tok.backend.encode(text, add_special_tokens=False).ids)
+
+
+def test_a_cache_entry_keeps_the_tokenizers_json_as_bytes_until_it_is_needed(ranked_tok):
+    loaded = load_tokenizer(ranked_tok.name)  # from the cache entry the fixture's load wrote
+    assert isinstance(loaded.backend_or_json, bytes)
+    assert loaded.fingerprint == ranked_tok.fingerprint == tokenizer_fingerprint(loaded.backend)
+    assert loaded.backend.to_str() == ranked_tok.backend.to_str()
