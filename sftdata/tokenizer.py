@@ -212,7 +212,9 @@ def _cache_key(folder: Path) -> str:
         digest.update(f"{name}={metadata.version(name)};".encode())
     for name in TOKENIZER_FILES:
         if (folder / name).is_file():
-            digest.update(name.encode() + b"\0" + (folder / name).read_bytes() + b"\0")
+            digest.update(name.encode() + b"\0")  # in three updates: the file's megabytes are not copied
+            digest.update((folder / name).read_bytes())
+            digest.update(b"\0")
     return digest.hexdigest()
 
 
