@@ -14,6 +14,7 @@ shared part's tokens taken from that one (`shared_pieces`).
 
 from __future__ import annotations
 
+import array
 import bisect
 import itertools
 import re
@@ -83,12 +84,13 @@ class EncodedTokens:
 
 @dataclass(slots=True)
 class OffsetTokens:
-    """Tokens with explicit character offsets (Python lists: `bisect` on them is a fraction of a
-    microsecond, numpy's searchsorted on a scalar several)."""
+    """Tokens with explicit character offsets, as `array.array`s of int64: `bisect` on them is a fraction
+    of a microsecond, numpy's searchsorted on a scalar several; and they are made from numpy's arrays
+    by a copy of their bytes, where Python lists cost a Python int for every token."""
 
     ids: np.ndarray
-    starts: list[int]
-    ends: list[int]
+    starts: array.array
+    ends: array.array
 
     def span(self, chars: Range) -> tuple[int, int]:
         a, b = chars
@@ -111,16 +113,21 @@ def _prefix_to_add(ids: list[int], prefix: tuple[int, ...]) -> tuple[int, ...]:
     return () if not prefix or ids[: len(prefix)] == list(prefix) else prefix
 
 
-def _with_prefix(ids: np.ndarray, starts: list[int], ends: list[int], prefix: tuple[int, ...]) -> OffsetTokens:
+def _with_prefix(ids: np.ndarray, starts: array.array, ends: array.array, prefix: tuple[int, ...]) -> OffsetTokens:
     add = _prefix_to_add(ids[: len(prefix)].tolist(), prefix)
     if not add:
         return OffsetTokens(ids, starts, ends)
-    zeros = [0] * len(add)
+    zeros = _offsets([0] * len(add))
     return OffsetTokens(np.concatenate([np.asarray(add, dtype=np.int32), ids]), zeros + starts, zeros + ends)
 
 
+def _offsets(values) -> array.array:
+    """Offsets as OffsetTokens holds them."""
+    return array.array("q", values)
+
+
 def spelled_offsets(texts: list[str], ids: list[np.ndarray], table: TokenBytes
-                    ) -> list[tuple[list[int], list[int]] | None]:
+                    ) -> list[tuple[array.array, array.array] | None]:
     """Each document's token (starts, ends) in characters, from the bytes its tokens spell; None for a
     document whose tokens do not spell its text exactly (a normalizer rewrote it, a token absorbed
     whitespace): its offsets must come from the tokenizer. One pass of array operations per batch."""
@@ -164,7 +171,8 @@ def spelled_offsets(texts: list[str], ids: list[np.ndarray], table: TokenBytes
         starts = char_of_byte[np.minimum(starts, len(data))]
         ends = char_of_byte[np.clip(ends - 1, 0, len(data))] + 1
     doc_start = np.repeat(char_at[:-1], counts)
-    starts, ends, at = (starts - doc_start).tolist(), (ends - doc_start).tolist(), token_at.tolist()
+    starts, ends = (_offsets((x - doc_start).astype(np.int64, copy=False).tobytes()) for x in (starts, ends))
+    at = token_at.tolist()
     return [(starts[at[k] : at[k + 1]], ends[at[k] : at[k + 1]]) if spells[k] else None for k in range(len(texts))]
 
 
@@ -191,7 +199,7 @@ def _literal(text: str, literal: tuple[Range, ...], tok: ModelTokenizer) -> Offs
                 starts += [s + piece_start for s, _ in enc.offsets]
                 ends += [e + piece_start for _, e in enc.offsets]
         pos = b
-    return _with_prefix(np.asarray(ids, dtype=np.int32), starts, ends, tok.prefix_ids)
+    return _with_prefix(np.asarray(ids, dtype=np.int32), _offsets(starts), _offsets(ends), tok.prefix_ids)
 
 
 def piece_cuts(tok: ModelTokenizer) -> re.Pattern | None:
