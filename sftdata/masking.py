@@ -69,7 +69,10 @@ def verify(rendered: Rendered, tokens: Tokens, mask: bytearray, tok: ModelTokeni
             i, j = tokens.inside((before, span.data[0][0]))
             if 1 in mask[i:j]:
                 fail(f"message {index} ({span.role}): token {mask.index(1, i, j)} of the text before it is a target")
-        before = max([before, *(b for _, b in span.data), *(span.turn[1:] if span.train and span.turn else ())])
+        for _, b in span.data:
+            before = max(before, b)
+        if span.train and span.turn:
+            before = max(before, span.turn[1])
         for r in span.data:
             i, j = tokens.span(r)
             if span.train and 0 in mask[i:j]:
@@ -86,13 +89,22 @@ def verify(rendered: Rendered, tokens: Tokens, mask: bytearray, tok: ModelTokeni
                 fail(f"message {index}: a header token before the turn is a target")
         if span.eot is not None:
             i, j = tokens.span(span.eot)
-            closing = [tok.token_id(m.group()) for m in tok.special_pattern.finditer(rendered.text, *span.eot)]
+            closing = _control_ids(rendered.text, span.eot, tok)
             if ids[i:j].tolist() != closing:
                 fail(f"message {index}: the text closing the turn does not tokenize to its control tokens")
             if any(bool(flag) != train_eot for flag in mask[i:j]):
                 fail(f"message {index}: the end-of-turn token is {'not ' if train_eot else ''}a target")
             if train_eot and j < n and mask[j] and j not in target_starts:
                 fail(f"message {index}: token {j} after the end-of-turn token is a target")
+
+
+def _control_ids(text: str, chars: tuple[int, int], tok: ModelTokenizer) -> list[int]:
+    """The ids of the control tokens spelled in text[a:b]: most often one token's text exactly (then no
+    search of the special-token pattern is needed: it would match that text whole)."""
+    a, b = chars
+    if b > a and text[a:b] in tok.special_text_set:
+        return [tok.token_id(text[a:b])]
+    return [tok.token_id(m.group()) for m in tok.special_pattern.finditer(text, a, b)]
 
 
 def make_document(rendered: Rendered, tokens: Tokens, tok: ModelTokenizer, train_eot: bool) -> Document:

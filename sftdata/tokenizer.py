@@ -68,6 +68,10 @@ class ModelTokenizer:
         return re.compile("|".join(re.escape(t) for t in ordered))
 
     @cached_property
+    def special_text_set(self) -> frozenset[str]:
+        return frozenset(self.special_texts)
+
+    @cached_property
     def added_ids(self) -> dict[str, int]:
         return {t.content: i for i, t in self.backend.get_added_tokens_decoder().items()}
 
