@@ -1,7 +1,8 @@
 """Loading the model's tokenizer and chat template, and what the rest of a build needs to know of them.
 
-Everything downstream uses the Rust `tokenizers.Tokenizer` directly (batch encode with offsets);
-transformers is used only to load a folder or hub id the way the model's users load it.
+Everything downstream uses the Rust `tokenizers.Tokenizer` directly (batch encode with offsets), or
+tiktoken where it encodes exactly alike (tiktoken_bpe.py); transformers is used only to load a folder or
+hub id the way the model's users load it.
 """
 
 from __future__ import annotations
