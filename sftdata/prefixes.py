@@ -11,8 +11,11 @@ those renderings are read from the one rendering of the whole (template.py marks
 starts and where the loop ends) instead of being rendered again, a render per turn saved.
 
 It holds for a template that is, at its top level:
-- a preamble that never reads the messages (it may give them another name: `set loop_messages =
-  messages`), so it writes the same in both renderings;
+- a preamble that reads of the messages only the first (`messages[0]`) and whether there are any (`{% if
+  messages and ... %}`), the same in every prefix, and may give them another name, whole or less the
+  first (`set loop_messages = messages` or `= messages[1:]`, in `if`s on those reads: Llama 2's and
+  Gemma's system message), so it writes the same in both renderings and its loop runs over the same
+  messages, less the same first one or not;
 - one loop over them (`for message in messages`; no filter, no else, not recursive) whose iterations
   read their own message and the loop's past (`loop.index0`, `loop.first`, `loop.previtem`, a
   namespace earlier iterations set) but never what follows (`loop.last`, `loop.length`, `loop.revindex`,
@@ -20,12 +23,18 @@ It holds for a template that is, at its top level:
   called): iteration j then sees the same inputs in both renderings, for every j up to k;
 - after the loop, only what depends on the template's variables alone (`add_generation_prompt`,
   `bos_token`): never on a name the template sets (a namespace the loop wrote could differ).
-The messages are read nowhere else: not by a macro, not by a second loop (Qwen3's search for the last
-user query reads them backwards, and is refused). Everything not known to be one of these is refused,
-and a refused template renders every prefix as before.
+The messages are read nowhere else (but `messages[0]`, anywhere): not by a macro, not by a second loop
+(Qwen3's search for the last user query reads them backwards, and is refused). Everything not known to
+be one of these is refused, and a refused template renders every prefix as before.
+
+Whether a conversation's first message was left out of the loop is read from each rendering (the loop
+iterated once per message, or once less: `MessageLoop.skips`); the rendering through the first message
+is then the one up to the loop's first iteration, and there is none through no message at all.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from jinja2 import nodes
 
@@ -39,39 +48,101 @@ LOOP_MARK = "\U0010fffe"  # where an iteration of the message loop starts (remov
 END_MARK = "\U0010ffff"  # where the message loop ends
 
 
-def message_loop(syntax: nodes.Template) -> tuple[int | None, str | None]:
-    """The index in `syntax.body` of the loop over the messages, where the template renders prefixes as
-    prefixes of the whole (module docstring); else None and why not."""
+class MessageLoop(NamedTuple):
+    """The verdict on a template: where its loop over the messages is (an index into the syntax tree's
+    top-level statements), or why it is refused; and how many first messages the loop may leave out."""
+
+    at: int | None
+    refusal: str | None
+    skips: frozenset[int] = frozenset()
+
+
+def message_loop(syntax: nodes.Template) -> MessageLoop:
+    """The loop over the messages, where the template renders prefixes as prefixes of the whole (module
+    docstring)."""
     if any(syntax.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport, nodes.Block))):
-        return None, "it extends, includes or imports other templates"
-    body, aliases, defined, at = syntax.body, {"messages"}, set(), None
+        return MessageLoop(None, "it extends, includes or imports other templates")
+    body, skips_of, defined, at = syntax.body, {"messages": {0}}, set(), None
     for i, node in enumerate(body):
-        if (isinstance(node, nodes.Assign) and isinstance(node.target, nodes.Name)
-                and isinstance(node.node, nodes.Name) and node.node.name in aliases):
-            aliases.add(node.target.name)
-            defined |= {id(node.target), id(node.node)}
-        elif isinstance(node, nodes.For) and isinstance(node.iter, nodes.Name) and node.iter.name in aliases:
+        if isinstance(node, nodes.For) and isinstance(node.iter, nodes.Name) and node.iter.name in skips_of:
             at = i
             break
+        for assign in _preamble_assignments(node):
+            left_out = _messages_less_first(assign.node, skips_of)
+            if isinstance(assign.target, nodes.Name) and assign.target.name != "messages" and left_out is not None:
+                skips_of.setdefault(assign.target.name, set()).update(left_out)
+                defined |= {id(assign.target), id(assign.node), *(id(n) for n in assign.node.find_all(nodes.Name))}
     if at is None:
-        return None, "no loop over the messages at its top level"
+        return MessageLoop(None, "no loop over the messages at its top level")
     loop = body[at]
     if loop.test is not None or loop.else_ or loop.recursive:
-        return None, "its loop over the messages is filtered, recursive or has an else"
+        return MessageLoop(None, "its loop over the messages is filtered, recursive or has an else")
+    defined |= _same_in_every_prefix(syntax)
     for name in syntax.find_all(nodes.Name):
-        if name.name in aliases and id(name) not in defined and name is not loop.iter:
-            return None, f"it reads or sets `{name.name}` outside its one loop over the messages"
+        if name.name in skips_of and id(name) not in defined and name is not loop.iter:
+            return MessageLoop(None, f"it reads or sets `{name.name}` outside its one loop over the messages")
     if (why := _reads_ahead(loop.body)) is not None:
-        return None, why
+        return MessageLoop(None, why)
+    skips = frozenset(skips_of[loop.iter.name])
+    if len(skips) > 1 and any(isinstance(n, nodes.Break) for s in loop.body for n in _in_loop_scope(s)):
+        # iterations are told from marks counted: one fewer could be the first message left out, or the last
+        return MessageLoop(None, "its loop over the messages may leave out the first message and may end early")
     set_names = ({n.name for n in syntax.find_all(nodes.Name) if n.ctx != "load"}
                  | {n.name for n in syntax.find_all(nodes.NSRef)} | {m.name for m in syntax.find_all(nodes.Macro)})
     for node in body[at + 1 :]:
         for name in node.find_all(nodes.Name):
             if name.ctx != "load" or name.name in set_names:
-                return None, f"what it writes after the loop depends on `{name.name}`, which it sets"
+                return MessageLoop(None, f"what it writes after the loop depends on `{name.name}`, which it sets")
         if any(node.find_all(nodes.NSRef)):
-            return None, "it sets a namespace after the loop"
-    return at, None
+            return MessageLoop(None, "it sets a namespace after the loop")
+    return MessageLoop(at, None, skips)
+
+
+def _preamble_assignments(node: nodes.Node):
+    """The `set`s a top-level statement before the loop makes: itself, or inside its `if`s."""
+    if isinstance(node, nodes.Assign):
+        yield node
+    elif isinstance(node, nodes.If):
+        for branch in (node.body, *(e.body for e in node.elif_), node.else_):
+            for statement in branch:
+                yield from _preamble_assignments(statement)
+
+
+def _messages_less_first(value: nodes.Node, skips_of: dict[str, set[int]]) -> set[int] | None:
+    """How many first messages `value` leaves out, if it is the messages (or a name for them) whole, or
+    less the first (`messages[1:]`); None if it is anything else."""
+    if isinstance(value, nodes.Name) and value.ctx == "load":
+        return skips_of.get(value.name)
+    if (isinstance(value, nodes.Getitem) and isinstance(value.node, nodes.Name) and value.node.name == "messages"
+            and isinstance(value.arg, nodes.Slice) and isinstance(value.arg.start, nodes.Const)
+            and value.arg.start.value == 1 and value.arg.stop is None and value.arg.step is None):
+        return {1}
+    return None
+
+
+def _same_in_every_prefix(syntax: nodes.Template) -> set[int]:
+    """The reads of `messages` that give the same in every non-empty prefix of a conversation: its first
+    message (`messages[0]`), and whether there are any, as an `if`'s test (or a part of one joined by
+    `and`, `or`, `not`). Returns the ids of those `messages` names."""
+    found = set()
+    for item in syntax.find_all(nodes.Getitem):
+        if (_is_messages(item.node) and isinstance(item.arg, nodes.Const) and type(item.arg.value) is int
+                and item.arg.value == 0):
+            found.add(id(item.node))
+    tests = [test for node in syntax.find_all(nodes.If) for test in (node.test, *(e.test for e in node.elif_))]
+    while tests:
+        test = tests.pop()
+        if _is_messages(test):
+            found.add(id(test))
+        elif isinstance(test, (nodes.And, nodes.Or)):
+            tests += [test.left, test.right]
+        elif isinstance(test, nodes.Not):
+            tests.append(test.node)
+    return found
+
+
+def _is_messages(node: nodes.Node) -> bool:
+    return isinstance(node, nodes.Name) and node.name == "messages" and node.ctx == "load"
 
 
 def _reads_ahead(statements: list[nodes.Node]) -> str | None:

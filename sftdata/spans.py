@@ -167,7 +167,7 @@ def _read_once(marked: RenderedText, wrap: _Wrapper, n_messages: int
     plain = _without(text, cuts)
     if not plain.isascii() and PRIVATE_PLANES.search(plain):
         return None, None, ()
-    loop = tuple(at - bisect.bisect_left(cuts, at) for at in marked.loop)  # less the sentinels before
+    loop = tuple(at if at is None else at - bisect.bisect_left(cuts, at) for at in marked.loop)  # less the sentinels before
     return plain, (_regions_at(cuts, wrap.owner, n_messages), set(range(len(wrap.owner)))), loop
 
 

@@ -75,9 +75,10 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
 class RenderedText:
     text: str
     generation: tuple[tuple[int, int], ...]  # {% generation %} blocks as [start, end) of `text`
-    # where each message's iteration of the template's message loop starts in `text`, then where the
-    # loop ends: asked for with `loop_marks` (prefixes.py); () when not known
-    loop: tuple[int, ...] = ()
+    # where each message's iteration of the template's message loop starts in `text` (None for a first
+    # message the loop left out), then where the loop ends: asked for with `loop_marks` (prefixes.py);
+    # () when not known
+    loop: tuple[int | None, ...] = ()
 
 
 class ChatTemplate:
@@ -113,9 +114,9 @@ class ChatTemplate:
         # the template writing where each message's iteration starts, where prefixes.py proves a prefix of
         # a conversation renders as a prefix of the whole, and span finding proves (by the sentinels around
         # every field) that no mark in the rendering came from the messages
-        self._marked, self._prefix_refusal = None, self.passthrough_refusal
+        self._marked, self._prefix_refusal, self._loop_skips = None, self.passthrough_refusal, frozenset()
         if self._prefix_refusal is None:
-            at, self._prefix_refusal = message_loop(self.syntax)
+            at, self._prefix_refusal, self._loop_skips = message_loop(self.syntax)
             if at is not None:
                 self._marked = env.from_string(with_loop_marks(env.parse(source), at))
 
@@ -148,20 +149,24 @@ class ChatTemplate:
         if template is self._marked:
             # marks that do not fit (a loop ended early, or a mark's character in what the messages hold):
             # the rendering as is, rather than one with characters taken out of it
-            return _loop_positions(marked, len(messages)) or self.render(messages, tools, add_generation_prompt, mode)
+            return (_loop_positions(marked, len(messages), self._loop_skips)
+                    or self.render(messages, tools, add_generation_prompt, mode))
         if not self.has_generation_blocks:
             return RenderedText(marked, ())
         return RenderedText(*strip_generation_markers(marked))
 
 
-def _loop_positions(marked: str, messages: int) -> RenderedText | None:
-    """The rendering without its loop marks, and where they were; None unless the marks are exactly one
-    per message, then one at the end."""
+def _loop_positions(marked: str, messages: int, skips: frozenset[int]) -> RenderedText | None:
+    """The rendering without its loop marks, and where they were (None for the first messages the loop
+    left out: no rendering through none of them is known); None unless the marks are one per message
+    the loop may have iterated over (all, or all but as many first ones as `skips` allows), then one at
+    the end."""
     body, _, after = marked.rpartition(END_MARK)
     parts = body.split(LOOP_MARK)
-    if len(parts) != messages + 1 or END_MARK in body or END_MARK not in marked or LOOP_MARK in after:
+    skipped = messages + 1 - len(parts)
+    if skipped not in skips or END_MARK in body or END_MARK not in marked or LOOP_MARK in after:
         return None
-    loop = tuple(itertools.accumulate(map(len, parts)))
+    loop = (None,) * skipped + tuple(itertools.accumulate(map(len, parts)))
     return RenderedText("".join(parts) + after, (), loop)
 
 

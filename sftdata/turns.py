@@ -88,14 +88,17 @@ def appended_prompts(template: ChatTemplate, modes: tuple[tuple[tuple[str, Any],
     holds only constant output, in `if`s that test only the modes' variables; nothing else names
     `add_generation_prompt` or a mode's variable (Qwen3's and Llama 3's templates). The rest of the
     rendering then cannot tell the modes or the generation prompt apart, and the block writes one
-    constant text per mode: read here from a one-message conversation."""
+    constant text per mode: read here from a one-message conversation. A template that names neither
+    (Llama 2's: its prompt ends with the user's turn) appends nothing in every mode."""
     names = {name for mode in modes for name, _ in mode}
+    guarded = names | {"add_generation_prompt"}
+    if not any(n.name in guarded for n in template.syntax.find_all(nodes.Name)):
+        return ("",) * len(modes)
     body = template.syntax.body
     block = body[-1] if body else None
     if not (isinstance(block, nodes.If) and isinstance(block.test, nodes.Name)
             and block.test.name == "add_generation_prompt" and not block.elif_ and not block.else_):
         return None
-    guarded = names | {"add_generation_prompt"}
     if any(n.name in guarded for statement in body[:-1] for n in statement.find_all(nodes.Name)):
         return None
     if not all(_constant_per_mode(statement, names) for statement in block.body):
@@ -236,7 +239,8 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
         return [whole]
     appended = appended_prompts(template, tuple(tuple(sorted(mode.items())) for mode in facts.modes))
     loop = whole.loop or None  # where each message's loop iteration starts, if proven (prefixes.py)
-    if loop is not None and appended is not None and loop[-1] == len(whole.text):
+    if (loop is not None and appended is not None and loop[-1] == len(whole.text)
+            and all(loop[i] is not None for i in turns)):
         # nothing follows the loop: the rendering through turn i, and the one before it, are the whole
         # rendering up to where iterations i + 1 and i start; every turn is placed in it, its prompts in place
         placed = {i: place_turn(facts, i, config.empty_reasoning, special_pattern, whole.text[: loop[i + 1]],
@@ -260,7 +264,7 @@ def render_documents(conv: Conversation, template: ChatTemplate, facts: Template
         if k in renderings:
             return renderings[k].text
         if k not in through:
-            if loop is not None:
+            if loop is not None and loop[k + 1] is not None:
                 through[k] = RenderedText(whole.text[: loop[k + 1]] + whole.text[loop[-1] :], ())
                 return through[k].text
             try:

@@ -35,10 +35,11 @@ def _fixture(name: str) -> str:
 
 
 def _loop(source: str) -> tuple[int | None, str | None]:
-    return message_loop(ChatTemplate(source, {}).syntax)
+    found = message_loop(ChatTemplate(source, {}).syntax)
+    return found.at, found.refusal
 
 
-@pytest.mark.parametrize("name", ["deepseek_tools", "llama3_always_header"])
+@pytest.mark.parametrize("name", ["deepseek_tools", "llama3_always_header", "llama2", "gemma"])
 def test_fixture_templates_that_render_prefixes_as_prefixes(name):
     at, why = _loop(_fixture(name))
     assert at is not None and why is None
@@ -54,6 +55,13 @@ def test_fixture_templates_that_render_prefixes_as_prefixes(name):
     # `loop.last` of a nested loop is that loop's
     "{% for m in messages %}{{ m.content }}{% for c in m.tool_calls or [] %}{{ c.function.name }}"
     "{% if not loop.last %},{% endif %}{% endfor %}{% endfor %}",
+    # what every prefix holds alike: the first message, and that there is one
+    "{{ messages[0].content }}{% for m in messages %}{{ m.content }}{% endfor %}",
+    "{% if not messages %}empty{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}",
+    # a system message taken out of the loop (Llama 2, Gemma)
+    "{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}"
+    "{% set ms = messages[1:] %}{% else %}{% set sys = none %}{% set ms = messages %}{% endif %}"
+    "{% for m in ms %}{% if loop.first and sys %}{{ sys }}{% endif %}{{ m.content }}{% endfor %}",
     # the loop's methods, called
     "{% for m in messages %}{{ loop.cycle('a', 'b') }}{% if loop.changed(m.role) %}{{ m.role }}{% endif %}"
     "{{ m.content }}{% endfor %}",
@@ -73,7 +81,22 @@ def test_templates_whose_iterations_read_only_the_past_are_accepted(source):
      "{% endfor %}", "loop.length"),
     ("{% for m in messages %}{{ m.content }}{{ messages | length }}{% endfor %}", "reads or sets `messages`"),
     ("{% for m in messages %}{{ messages[loop.index0 + 1].role }}{% endfor %}", "reads or sets `messages`"),
-    ("{{ messages[0].content }}{% for m in messages %}{{ m.content }}{% endfor %}", "reads or sets `messages`"),
+    ("{{ messages[1].content }}{% for m in messages %}{{ m.content }}{% endfor %}", "reads or sets `messages`"),
+    ("{{ messages[-1].content }}{% for m in messages %}{{ m.content }}{% endfor %}", "reads or sets `messages`"),
+    ("{% if messages | length > 1 %}!{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}",
+     "reads or sets `messages`"),
+    ("{{ messages }}{% for m in messages %}{{ m.content }}{% endfor %}", "reads or sets `messages`"),
+    ("{{ 'x' if messages else 'y' }}{% for m in messages %}{{ m.content }}{% endfor %}", "reads or sets `messages`"),
+    # only the first message may be left out of the loop, and only whole
+    ("{% set ms = messages[2:] %}{% for m in ms %}{{ m.content }}{% endfor %}", "no loop over the messages"),
+    ("{% set ms = messages[1:-1] %}{% for m in ms %}{{ m.content }}{% endfor %}", "no loop over the messages"),
+    ("{% set ms = messages[1:] %}{% if ms %}!{% endif %}{% for m in ms %}{{ m.content }}{% endfor %}", "`ms`"),
+    ("{% if messages[0].role == 'system' %}{% set ms = messages[1:] %}{% else %}{% set ms = [] %}{% endif %}"
+     "{% for m in ms %}{{ m.content }}{% endfor %}", "`ms`"),
+    ("{% set ms = messages[1:] %}{% for m in ms %}{{ m.content }}{% endfor %}{% set ms = messages %}", "`ms`"),
+    # one iteration fewer than messages: the first left out, or the loop ended before the last?
+    ("{% if messages[0].role == 'system' %}{% set ms = messages[1:] %}{% else %}{% set ms = messages %}{% endif %}"
+     "{% for m in ms %}{{ m.content }}{% if m.content == 'stop' %}{% break %}{% endif %}{% endfor %}", "end early"),
     ("{% set messages = messages[1:] %}{% for m in messages %}{{ m.content }}{% endfor %}",
      "reads or sets `messages`"),
     ("{% set ms = messages %}{% set ms = [] %}{% for m in ms %}{{ m.content }}{% endfor %}", "`ms`"),
@@ -130,9 +153,10 @@ def _assert_prefixes_read_from_marks(template: ChatTemplate, conversations: list
     return compared
 
 
-@pytest.mark.parametrize("source", [_fixture("llama3_always_header"), CHATML, NAMESPACE])
+@pytest.mark.parametrize("source", [_fixture("llama3_always_header"), CHATML, NAMESPACE, _fixture("llama2"),
+                                    _fixture("gemma")])
 def test_prefix_renderings_read_from_marks_equal_rendering_them(source):
-    template = ChatTemplate(source, {"bos_token": "<s>"})
+    template = ChatTemplate(source, {"bos_token": "<s>", "eos_token": "</s>"})
     assert template.prefix_refusal is None
     assert _assert_prefixes_read_from_marks(template, _conversations(template)) > 50
 
@@ -252,3 +276,58 @@ def test_what_the_proof_reads_from_one_rendering_equals_what_rendering_the_prefi
         assert _documents_or_reject(conv, proven, facts, config) == _documents_or_reject(conv, unproven, facts, config)
         compared += 1
     assert compared == 800
+
+
+LLAMA2_TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}
+
+
+def test_a_system_message_taken_out_of_the_loop_has_no_iteration():
+    template = ChatTemplate(_fixture("llama2"), LLAMA2_TOKENS)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "yo"}]
+    whole = template.render(messages, loop_marks=True)
+    assert whole.loop == (None, 0, whole.text.index(" yo"), len(whole.text))
+    # the rendering through the system message is what the template writes before its loop: nothing here
+    assert template.render(messages[:1]).text == whole.text[: whole.loop[1]] == ""
+    no_system = template.render(messages[1:], loop_marks=True)
+    assert no_system.loop == (0, no_system.text.index(" yo"), len(no_system.text))
+
+
+def _conversations_with_system_messages(template: ChatTemplate) -> list[Conversation]:
+    """The fixture records the template renders, each also with a system message first where it has none,
+    and one whose first message is a trained assistant turn."""
+    out = []
+    for conv in _conversations(template):
+        out.append(conv)
+        if conv.messages[0].role != "system":
+            out.append(replace(conv, messages=(Message("system", "Answer in English."), *conv.messages)))
+    out.append(Conversation(0, (Message("assistant", "Hello."), Message("user", "hi"), Message("assistant", "yo"))))
+    return out
+
+
+@pytest.mark.parametrize("source", [
+    _fixture("llama2"),
+    _fixture("gemma"),
+    # the first message always left out of the loop, whatever its role (a trained assistant turn too)
+    "{{ messages[0]['content'] }}|{% set ms = messages[1:] %}{% for m in ms %}[{{ m.role }}] {{ m.content }}"
+    "{% if m.role == 'assistant' %}</s>{% endif %}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}",
+])
+def test_a_loop_leaving_out_the_first_message_gives_the_documents_rendering_each_prefix_gives(source):
+    """Every record's documents, or its reject, with the prefix proof and without it (the same template,
+    reading the messages where it writes nothing), and the proof renders each conversation once."""
+    proven = ChatTemplate(source, LLAMA2_TOKENS)
+    unproven = ChatTemplate("{% if false %}{{ messages | length }}{% endif %}" + source, LLAMA2_TOKENS)
+    assert proven.prefix_refusal is None and unproven.prefix_refusal is not None
+    facts = probe_template(proven, None)
+    config = BuildConfig(tokenizer="unused")
+    conversations = _conversations_with_system_messages(proven)
+    renders, render = [], proven.render
+    proven.render = lambda messages, *args, **kwargs: renders.append(len(messages)) or render(messages, *args, **kwargs)
+    with_system = 0
+    for conv in conversations:
+        assert _documents_or_reject(conv, proven, facts, config) == _documents_or_reject(conv, unproven, facts, config)
+        with_system += conv.messages[0].role == "system"
+    assert with_system > 20
+    # per conversation: the marked rendering, and only where a record's first message is a trained turn
+    # (no rendering of no message is read from the marks) or the marks did not fit, more
+    assert len(renders) < 1.2 * len(conversations)
