@@ -280,8 +280,10 @@ def main() -> None:
         trl_row = next((r for name, r in rows.items() if name.startswith("TRL")), None)
         cli = rows[cli_name]
         cli_rate = cli["tokens"] / cli["seconds"]
+        one = rows["floor: render + encode, 1 process, 1 tokenizer thread"]
         print(f"\nthe command, start to exit with its report: {cli_rate / floor_rate:.2f}x the floor (bar 1.5x); "
-              f"in process {(packed['tokens'] / packed['seconds']) / floor_rate:.2f}x")
+              f"in process {(packed['tokens'] / packed['seconds']) / floor_rate:.2f}x; against the floor held to "
+              f"one tokenizer thread {cli_rate / (one['tokens'] / one['seconds']):.2f}x")
         if trl_row:
             trl_rate = trl_row["tokens"] / trl_row["seconds"]
             print(f"against TRL: the command {cli_rate / trl_rate:.2f}x TRL's tokens/s (bar 3.5x), the default packed "
