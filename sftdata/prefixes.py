@@ -55,6 +55,9 @@ class MessageLoop(NamedTuple):
     at: int | None
     refusal: str | None
     skips: frozenset[int] = frozenset()
+    # whether the template reads the first message, or whether there is one: its rendering of no message
+    # at all is then not what it writes before its loop
+    reads_first: bool = False
 
 
 def message_loop(syntax: nodes.Template) -> MessageLoop:
@@ -68,7 +71,7 @@ def message_loop(syntax: nodes.Template) -> MessageLoop:
             at = i
             break
         for assign in _preamble_assignments(node):
-            left_out = _messages_less_first(assign.node, skips_of)
+            left_out = _messages_less_first(assign.node)
             if isinstance(assign.target, nodes.Name) and assign.target.name != "messages" and left_out is not None:
                 skips_of.setdefault(assign.target.name, set()).update(left_out)
                 defined |= {id(assign.target), id(assign.node), *(id(n) for n in assign.node.find_all(nodes.Name))}
@@ -77,7 +80,11 @@ def message_loop(syntax: nodes.Template) -> MessageLoop:
     loop = body[at]
     if loop.test is not None or loop.else_ or loop.recursive:
         return MessageLoop(None, "its loop over the messages is filtered, recursive or has an else")
-    defined |= _same_in_every_prefix(syntax)
+    if loop.iter.name != "messages" and not _always_assigned(body[:at], loop.iter.name):
+        # where no `set` ran, the name is whatever the caller passed under it (`tools`, a special token)
+        return MessageLoop(None, f"it may loop over `{loop.iter.name}` without having set it")
+    first_reads = _same_in_every_prefix(syntax)
+    defined |= first_reads
     for name in syntax.find_all(nodes.Name):
         if name.name in skips_of and id(name) not in defined and name is not loop.iter:
             return MessageLoop(None, f"it reads or sets `{name.name}` outside its one loop over the messages")
@@ -95,7 +102,7 @@ def message_loop(syntax: nodes.Template) -> MessageLoop:
                 return MessageLoop(None, f"what it writes after the loop depends on `{name.name}`, which it sets")
         if any(node.find_all(nodes.NSRef)):
             return MessageLoop(None, "it sets a namespace after the loop")
-    return MessageLoop(at, None, skips)
+    return MessageLoop(at, None, skips, bool(first_reads))
 
 
 def _preamble_assignments(node: nodes.Node):
@@ -108,16 +115,30 @@ def _preamble_assignments(node: nodes.Node):
                 yield from _preamble_assignments(statement)
 
 
-def _messages_less_first(value: nodes.Node, skips_of: dict[str, set[int]]) -> set[int] | None:
-    """How many first messages `value` leaves out, if it is the messages (or a name for them) whole, or
-    less the first (`messages[1:]`); None if it is anything else."""
-    if isinstance(value, nodes.Name) and value.ctx == "load":
-        return skips_of.get(value.name)
+def _messages_less_first(value: nodes.Node) -> set[int] | None:
+    """How many first messages `value` leaves out, if it is the messages whole, or less the first
+    (`messages[1:]`); None if it is anything else (another name for them too: it may not be set)."""
+    if _is_messages(value):
+        return {0}
     if (isinstance(value, nodes.Getitem) and isinstance(value.node, nodes.Name) and value.node.name == "messages"
             and isinstance(value.arg, nodes.Slice) and isinstance(value.arg.start, nodes.Const)
             and value.arg.start.value == 1 and value.arg.stop is None and value.arg.step is None):
         return {1}
     return None
+
+
+def _always_assigned(statements: list[nodes.Node], name: str) -> bool:
+    """Whether `statements` set `name` whatever path they take: at their top level, or in every branch of
+    an `if` that has an `else`."""
+    for statement in statements:
+        if isinstance(statement, nodes.Assign) and isinstance(statement.target, nodes.Name) \
+                and statement.target.name == name:
+            return True
+        if isinstance(statement, nodes.If) and statement.else_ and all(
+                _always_assigned(branch, name)
+                for branch in (statement.body, *(e.body for e in statement.elif_), statement.else_)):
+            return True
+    return False
 
 
 def _same_in_every_prefix(syntax: nodes.Template) -> set[int]:

@@ -86,9 +86,9 @@ class Rendered:
     # a document beyond the record's first: a trained turn the whole rendering renders otherwise, in the
     # rendering of the conversation up to and including it (--turn-context own)
     extra: bool = False
-    # where each message's iteration of the template's message loop starts in `text` (None for a first
-    # message the loop left out), then where the loop ends, for a template rendering prefixes as prefixes
-    # (prefixes.py); () when not known
+    # where each message's iteration of the template's message loop starts in `text` (None where the
+    # rendering through the messages before it is not known from the marks), then where the loop ends,
+    # for a template rendering prefixes as prefixes (prefixes.py); () when not known
     loop: tuple[int | None, ...] = ()
 
 

@@ -20,7 +20,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .passthrough import PRIVATE_PLANES, refusal
-from .prefixes import END_MARK, LOOP_MARK, message_loop, with_loop_marks
+from .prefixes import END_MARK, LOOP_MARK, MessageLoop, message_loop, with_loop_marks
 
 # Supplementary private-use plane 16 marks {% generation %} blocks during rendering; plane 15 is for
 # the per-message sentinels of span finding (spans.py). Neither occurs in real text in practice, and a
@@ -75,9 +75,9 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
 class RenderedText:
     text: str
     generation: tuple[tuple[int, int], ...]  # {% generation %} blocks as [start, end) of `text`
-    # where each message's iteration of the template's message loop starts in `text` (None for a first
-    # message the loop left out), then where the loop ends: asked for with `loop_marks` (prefixes.py);
-    # () when not known
+    # where each message's iteration of the template's message loop starts in `text` (None where the
+    # rendering through the messages before it is not read from the marks: _loop_positions), then where
+    # the loop ends: asked for with `loop_marks` (prefixes.py); () when not known
     loop: tuple[int | None, ...] = ()
 
 
@@ -114,11 +114,12 @@ class ChatTemplate:
         # the template writing where each message's iteration starts, where prefixes.py proves a prefix of
         # a conversation renders as a prefix of the whole, and span finding proves (by the sentinels around
         # every field) that no mark in the rendering came from the messages
-        self._marked, self._prefix_refusal, self._loop_skips = None, self.passthrough_refusal, frozenset()
+        self._marked, self._prefix_refusal, self._loop = None, self.passthrough_refusal, None
         if self._prefix_refusal is None:
-            at, self._prefix_refusal, self._loop_skips = message_loop(self.syntax)
-            if at is not None:
-                self._marked = env.from_string(with_loop_marks(env.parse(source), at))
+            self._loop = message_loop(self.syntax)
+            self._prefix_refusal = self._loop.refusal
+            if self._loop.at is not None:
+                self._marked = env.from_string(with_loop_marks(env.parse(source), self._loop.at))
 
     @property
     def prefix_refusal(self) -> str | None:
@@ -149,25 +150,28 @@ class ChatTemplate:
         if template is self._marked:
             # marks that do not fit (a loop ended early, or a mark's character in what the messages hold):
             # the rendering as is, rather than one with characters taken out of it
-            return (_loop_positions(marked, len(messages), self._loop_skips)
+            return (_loop_positions(marked, len(messages), self._loop)
                     or self.render(messages, tools, add_generation_prompt, mode))
         if not self.has_generation_blocks:
             return RenderedText(marked, ())
         return RenderedText(*strip_generation_markers(marked))
 
 
-def _loop_positions(marked: str, messages: int, skips: frozenset[int]) -> RenderedText | None:
-    """The rendering without its loop marks, and where they were (None for the first messages the loop
-    left out: no rendering through none of them is known); None unless the marks are one per message
-    the loop may have iterated over (all, or all but as many first ones as `skips` allows), then one at
-    the end."""
+def _loop_positions(marked: str, messages: int, loop: MessageLoop) -> RenderedText | None:
+    """The rendering without its loop marks, and where they were: where the rendering through each
+    message before it ends, then where the loop ends. None for the first messages the loop left out,
+    and for the rendering through no message where the template reads the first (prefixes.py): those
+    are not read from the marks. None unless the marks are one per message the loop may have iterated
+    over (all, or all but as many first ones as `loop.skips` allows), then one at the end."""
     body, _, after = marked.rpartition(END_MARK)
     parts = body.split(LOOP_MARK)
     skipped = messages + 1 - len(parts)
-    if skipped not in skips or END_MARK in body or END_MARK not in marked or LOOP_MARK in after:
+    if skipped not in loop.skips or END_MARK in body or END_MARK not in marked or LOOP_MARK in after:
         return None
-    loop = (None,) * skipped + tuple(itertools.accumulate(map(len, parts)))
-    return RenderedText("".join(parts) + after, (), loop)
+    starts = (None,) * skipped + tuple(itertools.accumulate(map(len, parts)))
+    if loop.reads_first:
+        starts = (None, *starts[1:])
+    return RenderedText("".join(parts) + after, (), starts)
 
 
 def strip_generation_markers(marked: str) -> tuple[str, tuple[tuple[int, int], ...]]:

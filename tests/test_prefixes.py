@@ -94,6 +94,13 @@ def test_templates_whose_iterations_read_only_the_past_are_accepted(source):
     ("{% if messages[0].role == 'system' %}{% set ms = messages[1:] %}{% else %}{% set ms = [] %}{% endif %}"
      "{% for m in ms %}{{ m.content }}{% endfor %}", "`ms`"),
     ("{% set ms = messages[1:] %}{% for m in ms %}{{ m.content }}{% endfor %}{% set ms = messages %}", "`ms`"),
+    # a name set in some branches only: in the others it is what the caller passed under it
+    ("{% if messages[0].role == 'system' %}{% set bos_token = messages %}{% endif %}{% for m in bos_token %}"
+     "{{ m.content }}{% endfor %}", "without having set it"),
+    ("{% if messages[0].role == 'system' %}{% set tools = messages[1:] %}{% elif messages %}{% set tools = messages %}"
+     "{% endif %}{% for m in tools %}{{ m.content }}{% endfor %}", "without having set it"),
+    # another name for another name: the first may not be set when the second is
+    ("{% set ms = messages %}{% set ns = ms %}{% for m in ns %}{{ m.content }}{% endfor %}", "no loop over"),
     # one iteration fewer than messages: the first left out, or the loop ended before the last?
     ("{% if messages[0].role == 'system' %}{% set ms = messages[1:] %}{% else %}{% set ms = messages %}{% endif %}"
      "{% for m in ms %}{{ m.content }}{% if m.content == 'stop' %}{% break %}{% endif %}{% endfor %}", "end early"),
@@ -289,8 +296,9 @@ def test_a_system_message_taken_out_of_the_loop_has_no_iteration():
     assert whole.loop == (None, 0, whole.text.index(" yo"), len(whole.text))
     # the rendering through the system message is what the template writes before its loop: nothing here
     assert template.render(messages[:1]).text == whole.text[: whole.loop[1]] == ""
+    # the template reads the first message: its rendering of no message is not read from the marks
     no_system = template.render(messages[1:], loop_marks=True)
-    assert no_system.loop == (0, no_system.text.index(" yo"), len(no_system.text))
+    assert no_system.loop == (None, no_system.text.index(" yo"), len(no_system.text))
 
 
 def _conversations_with_system_messages(template: ChatTemplate) -> list[Conversation]:
@@ -331,3 +339,21 @@ def test_a_loop_leaving_out_the_first_message_gives_the_documents_rendering_each
     # per conversation: the marked rendering, and only where a record's first message is a trained turn
     # (no rendering of no message is read from the marks) or the marks did not fit, more
     assert len(renders) < 1.2 * len(conversations)
+
+
+@pytest.mark.parametrize("preamble", ["{% if messages %}<s>{% endif %}",
+                                      "{% if messages[0].role == 'assistant' %}<s>{% endif %}",
+                                      "[{{ messages[0].role }}]"])
+def test_a_template_reading_the_first_message_has_its_rendering_of_no_message_rendered(preamble):
+    """A record whose first message is a trained turn is prompted by the rendering of no message, which
+    such a preamble writes otherwise (or fails on): it is rendered, never read from the marks."""
+    source = preamble + CHATML
+    proven = ChatTemplate(source, {})
+    unproven = ChatTemplate("{% if false %}{{ messages | length }}{% endif %}" + source, {})
+    assert proven.prefix_refusal is None and unproven.prefix_refusal is not None
+    facts = probe_template(proven, None)
+    conv = Conversation(0, (Message("assistant", "Hello."), Message("user", "hi"), Message("assistant", "yo")))
+    assert proven.render(template_messages(conv.messages), loop_marks=True).loop[0] is None
+    for context in ("own", "whole"):
+        config = BuildConfig(tokenizer="unused", turn_context=context)
+        assert _documents_or_reject(conv, proven, facts, config) == _documents_or_reject(conv, unproven, facts, config)
