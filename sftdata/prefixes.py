@@ -83,6 +83,8 @@ def message_loop(syntax: nodes.Template) -> MessageLoop:
     if loop.iter.name != "messages" and not _always_assigned(body[:at], loop.iter.name):
         # where no `set` ran, the name is whatever the caller passed under it (`tools`, a special token)
         return MessageLoop(None, f"it may loop over `{loop.iter.name}` without having set it")
+    if any(macro.name in skips_of for macro in syntax.find_all(nodes.Macro)):
+        return MessageLoop(None, "it names a macro like the messages")
     first_reads = _same_in_every_prefix(syntax)
     defined |= first_reads
     for name in syntax.find_all(nodes.Name):

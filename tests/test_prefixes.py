@@ -101,6 +101,9 @@ def test_templates_whose_iterations_read_only_the_past_are_accepted(source):
      "{% endif %}{% for m in tools %}{{ m.content }}{% endfor %}", "without having set it"),
     # another name for another name: the first may not be set when the second is
     ("{% set ms = messages %}{% set ns = ms %}{% for m in ns %}{{ m.content }}{% endfor %}", "no loop over"),
+    ("{% macro messages() %}{% endmacro %}{% for m in messages %}{{ m.content }}{% endfor %}", "a macro"),
+    ("{% set ms = messages[1:] %}{% macro ms() %}{% endmacro %}{% for m in ms %}{{ m.content }}{% endfor %}",
+     "a macro"),
     # one iteration fewer than messages: the first left out, or the loop ended before the last?
     ("{% if messages[0].role == 'system' %}{% set ms = messages[1:] %}{% else %}{% set ms = messages %}{% endif %}"
      "{% for m in ms %}{{ m.content }}{% if m.content == 'stop' %}{% break %}{% endif %}{% endfor %}", "end early"),
