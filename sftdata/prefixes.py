@@ -29,7 +29,9 @@ be one of these is refused, and a refused template renders every prefix as befor
 
 Whether a conversation's first message was left out of the loop is read from each rendering (the loop
 iterated once per message, or once less: `MessageLoop.skips`); the rendering through the first message
-is then the one up to the loop's first iteration, and there is none through no message at all.
+is then the one up to the loop's first iteration. The rendering of no message at all is read from the
+marks only where the template reads nothing of the messages outside its loop (`MessageLoop.reads_first`):
+a preamble reading the first message writes otherwise, or fails, without one.
 """
 
 from __future__ import annotations

@@ -50,21 +50,21 @@ def test_fixture_templates_that_render_prefixes_as_prefixes(name):
     # a namespace the loop writes and reads again, earlier iterations only: still causal
     NAMESPACE,
     # the other name for the messages, and loop counters of the past
-    "{% set loop_messages = messages %}{% for m in loop_messages %}{% if loop.first %}<s>{% endif %}"
-    "{{ loop.index0 }}{{ m.content }}{% if loop.previtem %}|{% endif %}{% endfor %}",
+    ("{% set loop_messages = messages %}{% for m in loop_messages %}{% if loop.first %}<s>{% endif %}"
+    "{{ loop.index0 }}{{ m.content }}{% if loop.previtem %}|{% endif %}{% endfor %}"),
     # `loop.last` of a nested loop is that loop's
-    "{% for m in messages %}{{ m.content }}{% for c in m.tool_calls or [] %}{{ c.function.name }}"
-    "{% if not loop.last %},{% endif %}{% endfor %}{% endfor %}",
+    ("{% for m in messages %}{{ m.content }}{% for c in m.tool_calls or [] %}{{ c.function.name }}"
+    "{% if not loop.last %},{% endif %}{% endfor %}{% endfor %}"),
     # what every prefix holds alike: the first message, and that there is one
     "{{ messages[0].content }}{% for m in messages %}{{ m.content }}{% endfor %}",
     "{% if not messages %}empty{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}",
     # a system message taken out of the loop (Llama 2, Gemma)
-    "{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}"
+    ("{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}"
     "{% set ms = messages[1:] %}{% else %}{% set sys = none %}{% set ms = messages %}{% endif %}"
-    "{% for m in ms %}{% if loop.first and sys %}{{ sys }}{% endif %}{{ m.content }}{% endfor %}",
+    "{% for m in ms %}{% if loop.first and sys %}{{ sys }}{% endif %}{{ m.content }}{% endfor %}"),
     # the loop's methods, called
-    "{% for m in messages %}{{ loop.cycle('a', 'b') }}{% if loop.changed(m.role) %}{{ m.role }}{% endif %}"
-    "{{ m.content }}{% endfor %}",
+    ("{% for m in messages %}{{ loop.cycle('a', 'b') }}{% if loop.changed(m.role) %}{{ m.role }}{% endif %}"
+    "{{ m.content }}{% endfor %}"),
 ])
 def test_templates_whose_iterations_read_only_the_past_are_accepted(source):
     assert _loop(source)[1] is None
@@ -77,8 +77,8 @@ def test_templates_whose_iterations_read_only_the_past_are_accepted(source):
     ("{% for m in messages %}{{ loop['last'] }}{{ m.content }}{% endfor %}", "passes `loop` on"),
     ("{% macro last(l) %}{{ l.last }}{% endmacro %}{% for m in messages %}{{ last(loop) }}{% endfor %}",
      "passes `loop` on"),
-    ("{% for m in messages %}{{ m.content }}{% for c in m.tool_calls %}{% else %}{{ loop.length }}{% endfor %}"
-     "{% endfor %}", "loop.length"),
+    (("{% for m in messages %}{{ m.content }}{% for c in m.tool_calls %}{% else %}{{ loop.length }}{% endfor %}"
+     "{% endfor %}"), "loop.length"),
     ("{% for m in messages %}{{ m.content }}{{ messages | length }}{% endfor %}", "reads or sets `messages`"),
     ("{% for m in messages %}{{ messages[loop.index0 + 1].role }}{% endfor %}", "reads or sets `messages`"),
     ("{{ messages[1].content }}{% for m in messages %}{{ m.content }}{% endfor %}", "reads or sets `messages`"),
@@ -91,22 +91,22 @@ def test_templates_whose_iterations_read_only_the_past_are_accepted(source):
     ("{% set ms = messages[2:] %}{% for m in ms %}{{ m.content }}{% endfor %}", "no loop over the messages"),
     ("{% set ms = messages[1:-1] %}{% for m in ms %}{{ m.content }}{% endfor %}", "no loop over the messages"),
     ("{% set ms = messages[1:] %}{% if ms %}!{% endif %}{% for m in ms %}{{ m.content }}{% endfor %}", "`ms`"),
-    ("{% if messages[0].role == 'system' %}{% set ms = messages[1:] %}{% else %}{% set ms = [] %}{% endif %}"
-     "{% for m in ms %}{{ m.content }}{% endfor %}", "`ms`"),
+    (("{% if messages[0].role == 'system' %}{% set ms = messages[1:] %}{% else %}{% set ms = [] %}{% endif %}"
+     "{% for m in ms %}{{ m.content }}{% endfor %}"), "`ms`"),
     ("{% set ms = messages[1:] %}{% for m in ms %}{{ m.content }}{% endfor %}{% set ms = messages %}", "`ms`"),
     # a name set in some branches only: in the others it is what the caller passed under it
-    ("{% if messages[0].role == 'system' %}{% set bos_token = messages %}{% endif %}{% for m in bos_token %}"
-     "{{ m.content }}{% endfor %}", "without having set it"),
-    ("{% if messages[0].role == 'system' %}{% set tools = messages[1:] %}{% elif messages %}{% set tools = messages %}"
-     "{% endif %}{% for m in tools %}{{ m.content }}{% endfor %}", "without having set it"),
+    (("{% if messages[0].role == 'system' %}{% set bos_token = messages %}{% endif %}{% for m in bos_token %}"
+     "{{ m.content }}{% endfor %}"), "without having set it"),
+    (("{% if messages[0].role == 'system' %}{% set tools = messages[1:] %}{% elif messages %}{% set tools = messages %}"
+     "{% endif %}{% for m in tools %}{{ m.content }}{% endfor %}"), "without having set it"),
     # another name for another name: the first may not be set when the second is
     ("{% set ms = messages %}{% set ns = ms %}{% for m in ns %}{{ m.content }}{% endfor %}", "no loop over"),
     ("{% macro messages() %}{% endmacro %}{% for m in messages %}{{ m.content }}{% endfor %}", "a macro"),
     ("{% set ms = messages[1:] %}{% macro ms() %}{% endmacro %}{% for m in ms %}{{ m.content }}{% endfor %}",
      "a macro"),
     # one iteration fewer than messages: the first left out, or the loop ended before the last?
-    ("{% if messages[0].role == 'system' %}{% set ms = messages[1:] %}{% else %}{% set ms = messages %}{% endif %}"
-     "{% for m in ms %}{{ m.content }}{% if m.content == 'stop' %}{% break %}{% endif %}{% endfor %}", "end early"),
+    (("{% if messages[0].role == 'system' %}{% set ms = messages[1:] %}{% else %}{% set ms = messages %}{% endif %}"
+     "{% for m in ms %}{{ m.content }}{% if m.content == 'stop' %}{% break %}{% endif %}{% endfor %}"), "end early"),
     ("{% set messages = messages[1:] %}{% for m in messages %}{{ m.content }}{% endfor %}",
      "reads or sets `messages`"),
     ("{% set ms = messages %}{% set ms = [] %}{% for m in ms %}{{ m.content }}{% endfor %}", "`ms`"),
@@ -116,8 +116,8 @@ def test_templates_whose_iterations_read_only_the_past_are_accepted(source):
      "reads or sets `messages`"),
     ("{% for m in messages if m.role != 'system' %}{{ m.content }}{% endfor %}", "filtered"),
     ("{% for m in messages %}{{ m.content }}{% else %}empty{% endfor %}", "else"),
-    ("{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{{ m.content }}{% endfor %}"
-     "{{ ns.n }}", "after the loop depends on `ns`"),
+    (("{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{{ m.content }}{% endfor %}"
+     "{{ ns.n }}"), "after the loop depends on `ns`"),
     ("{% for m in messages %}{{ m.content }}{% endfor %}{% set tail = 'x' %}{{ tail }}", "after the loop"),
     ("{% if true %}{% for m in messages %}{{ m.content }}{% endfor %}{% endif %}", "no loop over the messages"),
     # a loop method not called prints the loop, and with it its length: `<LoopContext 1/4>`
@@ -320,8 +320,8 @@ def _conversations_with_system_messages(template: ChatTemplate) -> list[Conversa
     _fixture("llama2"),
     _fixture("gemma"),
     # the first message always left out of the loop, whatever its role (a trained assistant turn too)
-    "{{ messages[0]['content'] }}|{% set ms = messages[1:] %}{% for m in ms %}[{{ m.role }}] {{ m.content }}"
-    "{% if m.role == 'assistant' %}</s>{% endif %}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}",
+    ("{{ messages[0]['content'] }}|{% set ms = messages[1:] %}{% for m in ms %}[{{ m.role }}] {{ m.content }}"
+    "{% if m.role == 'assistant' %}</s>{% endif %}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"),
 ])
 def test_a_loop_leaving_out_the_first_message_gives_the_documents_rendering_each_prefix_gives(source):
     """Every record's documents, or its reject, with the prefix proof and without it (the same template,
